@@ -1,0 +1,185 @@
+"""One tracked job: config in, ``output.png`` and an MLflow run out.
+
+This is where Hydra's config meets the library: it validates, loads the inputs,
+wires the loop's callback to MLflow and a progress bar, and records the outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from style_exp.config import blend_weights, layer_weights, style_paths, validate
+from style_exp.demo import demo_painting, demo_photo
+from style_exp.images import load_image, resize, resize_longest, save_image
+from style_exp.losses import LossWeights
+from style_exp.optim import AdamSettings
+from style_exp.stylize import Interrupted, Problem, Progress, Result, build_network, stylize
+from style_exp.tracking import (
+    MetricsLogger,
+    default_tracking_uri,
+    environment_tags,
+    flatten,
+    plot_losses,
+    tracked_run,
+)
+from style_exp.weights import IMAGENET_MEAN_RGB, load_weights
+
+THUMBNAIL_SIDE = 256
+
+
+@dataclass(frozen=True)
+class Inputs:
+    content: np.ndarray
+    styles: list[np.ndarray]
+    init: np.ndarray
+    labels: list[str]  # content first, then styles: what to call the input copies
+
+
+def apply_demo_defaults(cfg: DictConfig, overridden: Iterable[str]) -> DictConfig:
+    """With no content/style given, run the demo at its small size unless the user chose one."""
+    if cfg.content is not None:
+        return cfg
+    cfg = cfg.copy()
+    overridden = set(overridden)
+    for key in ("size", "iterations"):
+        if key not in overridden:
+            cfg[key] = cfg.demo[key]
+    return cfg
+
+
+def load_inputs(cfg: DictConfig, rng: np.random.Generator) -> Inputs:
+    """Content, styles and the initial image, all at their working sizes."""
+    style_side = max(1, round(cfg.size * cfg.style_scale))
+    if cfg.content is None:
+        content = demo_photo(cfg.size)
+        styles = [demo_painting(style_side)]
+        labels = ["content_demo", "style_demo"]
+    else:
+        content = load_image(cfg.content, cfg.size)
+        styles = [load_image(path, style_side) for path in style_paths(cfg.style)]
+        labels = ["content", *[f"style_{i}" for i in range(len(styles))]]
+    return Inputs(content, styles, initial_image(cfg, content, rng), labels)
+
+
+def initial_image(cfg: DictConfig, content: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Where optimisation starts: noise around the mean pixel, the content, or a file."""
+    if cfg.init.kind == "content":
+        return content.copy()
+    if cfg.init.kind == "image":
+        image = load_image(cfg.init.path)
+        return resize(image, (content.shape[1], content.shape[0]))
+    noise = rng.normal(0.0, cfg.init.noise_scale, content.shape).astype(np.float32)
+    return np.clip(IMAGENET_MEAN_RGB + noise, 0.0, 255.0)
+
+
+def loss_weights(cfg: DictConfig) -> LossWeights:
+    return LossWeights(
+        content=cfg.loss.content_weight,
+        style=cfg.loss.style_weight,
+        tv=cfg.loss.tv_weight,
+        content_layers=layer_weights("loss.content_layers", list(cfg.loss.content_layers),
+                                     cfg.loss.content_layer_weights),
+        style_layers=layer_weights("loss.style_layers", list(cfg.loss.style_layers),
+                                   cfg.loss.style_layer_weights),
+    )
+
+
+class ProgressBar:
+    """A terminal progress bar showing the latest losses."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = tqdm(total=total, disable=not enabled, unit="it", dynamic_ncols=True)
+        self.position = 0
+
+    def __call__(self, progress: Progress) -> None:
+        self.bar.update(progress.step - self.position)
+        self.position = progress.step
+        m = progress.metrics
+        self.bar.set_postfix_str(
+            f"total {m['loss/total']:.3g} content {m['loss/content']:.3g} "
+            f"style {m['loss/style']:.3g} tv {m['loss/tv']:.3g}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> Result:
+    """Run one configured stylisation, tracked in MLflow; returns the loop's result."""
+    started = time.perf_counter()
+    overridden = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
+    cfg = apply_demo_defaults(cfg, overridden)
+    uri = cfg.tracking.uri or default_tracking_uri()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with tracked_run(uri, cfg.tracking.experiment, tags=environment_tags()) as active:
+        mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        mlflow.log_text("\n".join(overrides) + "\n", "overrides.txt")
+        validate(cfg)
+        rng = np.random.default_rng(cfg.seed)
+        tf.random.set_seed(cfg.seed)
+        inputs = load_inputs(cfg, rng)
+        for label, image in zip(inputs.labels, [inputs.content, *inputs.styles], strict=True):
+            thumbnail = save_image(_thumbnail(image), output_dir / "inputs" / f"{label}.jpg")
+            mlflow.log_artifact(str(thumbnail), "inputs")
+        weights = load_weights(cfg.model.weights)
+        mlflow.set_tag("weights_sha256", weights.sha256)
+        problem = Problem(inputs.content, inputs.styles,
+                          blend_weights(cfg.style_weights, len(inputs.styles)), loss_weights(cfg))
+        network = build_network(weights, problem.loss, cfg.model.pooling)
+        optimizer = AdamSettings(cfg.optimizer.lr, cfg.optimizer.beta1, cfg.optimizer.beta2,
+                                 cfg.optimizer.epsilon)
+        logger = MetricsLogger(active.info.run_id, uri)
+        bar = ProgressBar(cfg.iterations, cfg.progress)
+        first_step: list[float] = []
+
+        def report(progress: Progress) -> None:
+            if not first_step:
+                first_step.append(time.perf_counter() - started)
+            bar(progress)
+            logger(progress)
+            if progress.image is not None:
+                save_image(progress.image, output_dir / "checkpoints" / f"{progress.step:06d}.png")
+
+        try:
+            result = stylize(problem, network, inputs.init, optimizer, cfg.iterations,
+                             log_every=cfg.tracking.log_every,
+                             checkpoint_every=cfg.tracking.checkpoint_every, callback=report)
+        except Interrupted as interrupt:
+            _finish(interrupt.result, output_dir, started, first_step)
+            raise
+        finally:
+            bar.close()
+        _finish(result, output_dir, started, first_step)
+    return result
+
+
+def _finish(result: Result, output_dir: Path, started: float, first_step: list[float]) -> None:
+    """Write and log the best image, the loss curve and the timings."""
+    output = save_image(result.image, output_dir / "output.png")
+    mlflow.log_artifact(str(output))
+    if result.history:
+        mlflow.log_artifact(str(plot_losses(result.history, output_dir / "loss_curve.png")))
+    hydra_dir = output_dir / ".hydra"
+    if hydra_dir.is_dir():
+        mlflow.log_artifacts(str(hydra_dir), "hydra")
+    timings = {"time/total_s": time.perf_counter() - started, "time/steps": result.steps}
+    if first_step:
+        timings["time/setup_s"] = first_step[0]
+    if np.isfinite(result.ms_per_iteration):
+        timings["time/per_iteration_ms"] = result.ms_per_iteration
+    mlflow.log_metrics(timings)
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    if max(image.shape[:2]) <= THUMBNAIL_SIDE:
+        return image
+    return resize_longest(image, THUMBNAIL_SIDE)

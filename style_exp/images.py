@@ -1,0 +1,109 @@
+"""Reading, resizing and writing images; everything in between is float32 RGB in 0..255."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Photographs of several hundred megapixels are legitimate inputs here; they are
+# decoded once and downscaled straight away. Past this we refuse with a clear error.
+MAX_PIXELS = 1_000_000_000
+
+
+class ImageError(ValueError):
+    """An input image is missing, unreadable or unusable; the message names the file."""
+
+
+def load_image(path: str | os.PathLike, longest_side: int | None = None) -> np.ndarray:
+    """Any common image file as RGB float32 0..255, upright, optionally downscaled.
+
+    Handles EXIF orientation, grayscale, palette, alpha (composited on white) and
+    16-bit images. JPEGs are decoded at reduced scale when much larger than needed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image file not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
+            try:
+                with Image.open(path) as image:
+                    if longest_side is not None:
+                        image.draft("RGB", (longest_side, longest_side))
+                    image = ImageOps.exif_transpose(image)
+                    rgb = _to_rgb(image)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+    except (UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as error:
+        raise ImageError(f"cannot read image {path}: {error}") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"cannot read image {path} (corrupt or truncated?): {error}") from error
+    if min(rgb.shape[:2]) < 1:
+        raise ImageError(f"image {path} is empty")
+    if longest_side is not None:
+        rgb = resize_longest(rgb, longest_side)
+    return rgb
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Decode into an RGB float array whatever the mode (bit depth is scaled to 0..255)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        data = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if image.mode.startswith("I;16") or data.max() > 255 else 255.0
+        gray = np.clip(data * (255.0 / peak), 0, 255)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode == "F":
+        gray = np.clip(np.asarray(image, dtype=np.float32), 0, 255)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return np.asarray(image.convert("RGB"), dtype=np.float32)
+
+
+def resize_longest(image: np.ndarray, longest_side: int) -> np.ndarray:
+    """Resize so the longer side is ``longest_side`` px, keeping the aspect ratio."""
+    height, width = image.shape[:2]
+    scale = longest_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return resize(image, size)
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (width, height) with a filter suited to the direction (Lanczos/bicubic)."""
+    if (image.shape[1], image.shape[0]) == size:
+        return image.astype(np.float32, copy=False)
+    shrinking = size[0] < image.shape[1]
+    channels = [
+        Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
+            size, Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC
+        )
+        for c in range(image.shape[2])
+    ]
+    return np.clip(np.stack([np.asarray(c) for c in channels], axis=2), 0, 255)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Round and clip a float image to displayable bytes."""
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write atomically (temp file + rename), so a crash never leaves half an image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=path.suffix, delete=False) as tmp:
+        Image.fromarray(to_uint8(image)).save(tmp, format=Image.registered_extensions().get(
+            path.suffix.lower(), "PNG"))
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, path)
+    return path

