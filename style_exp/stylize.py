@@ -89,8 +89,9 @@ def stylize(
 ) -> Result:
     """Optimise ``init`` towards the problem's content and styles for ``iterations`` steps.
 
-    Losses are fetched from the device only on logged steps (step 1, every
-    ``log_every``, the last), so the loop never waits on the host in between.
+    Losses are fetched from the device only on reported steps (step 1, every
+    ``log_every`` and ``checkpoint_every``, the last), so the loop never waits on
+    the host in between.
     """
     started = time.perf_counter()
     targets = compute_targets(network, problem)
@@ -131,7 +132,8 @@ def stylize(
     try:
         for i in range(1, iterations + 1):
             terms, lr = step()
-            if not (i == 1 or i % log_every == 0 or i == iterations):
+            checkpoint = checkpoint_every > 0 and i % checkpoint_every == 0
+            if not (i == 1 or i % log_every == 0 or i == iterations or checkpoint):
                 continue
             metrics = {f"loss/{name}": float(value) for name, value in terms.items()}
             metrics["lr"] = float(lr)
@@ -147,7 +149,6 @@ def stylize(
                     f"the loss became {metrics['loss/total']} at step {i}; "
                     "try a lower optimizer.lr or smaller loss weights"
                 )
-            checkpoint = checkpoint_every > 0 and (i % checkpoint_every == 0)
             if callback is not None:
                 callback(Progress(i, iterations, metrics, image.numpy()[0] if checkpoint else None))
     except KeyboardInterrupt as interrupt:

@@ -33,7 +33,7 @@ def test_loss_falls_and_callback_reports(problem, network):
     result = stylize(problem, network, _noise(problem.content.shape), AdamSettings(), 30,
                      log_every=10, checkpoint_every=15, callback=events.append)
     steps = [e.step for e in events]
-    assert steps == [1, 10, 15, 20, 30] or steps == [1, 10, 20, 30]
+    assert steps == [1, 10, 15, 20, 30]
     first, last = events[0].metrics["loss/total"], events[-1].metrics["loss/total"]
     assert last < 0.5 * first
     assert set(events[0].metrics) == {"loss/total", "loss/content", "loss/style", "loss/tv", "lr"}
