@@ -6,8 +6,9 @@ wires the loop's callback to MLflow and a progress bar, and records the outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +18,21 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from style_exp.config import blend_weights, layer_weights, style_paths, validate
+from style_exp import color
+from style_exp.config import blend_weights, layer_weights, scale_plan, style_paths, validate
 from style_exp.demo import demo_painting, demo_photo
 from style_exp.images import load_image, resize, resize_longest, save_image
 from style_exp.losses import LossWeights
-from style_exp.optim import AdamSettings
-from style_exp.stylize import Interrupted, Problem, Progress, Result, build_network, stylize
+from style_exp.optim import AdamSettings, LBFGSSettings
+from style_exp.stylize import (
+    Interrupted,
+    Optimizer,
+    Problem,
+    Progress,
+    Result,
+    build_network,
+    stylize_scales,
+)
 from style_exp.tracking import (
     MetricsLogger,
     default_tracking_uri,
@@ -38,9 +48,8 @@ THUMBNAIL_SIDE = 256
 
 @dataclass(frozen=True)
 class Inputs:
-    content: np.ndarray
-    styles: list[np.ndarray]
-    init: np.ndarray
+    content: np.ndarray  # at `size`
+    styles: list[np.ndarray]  # at `style_scale * size`
     labels: list[str]  # content first, then styles: what to call the input copies
 
 
@@ -56,29 +65,32 @@ def apply_demo_defaults(cfg: DictConfig, overridden: Iterable[str]) -> DictConfi
     return cfg
 
 
-def load_inputs(cfg: DictConfig, rng: np.random.Generator) -> Inputs:
-    """Content, styles and the initial image, all at their working sizes."""
+def load_inputs(cfg: DictConfig) -> Inputs:
+    """Content and style images at the output's working sizes."""
     style_side = max(1, round(cfg.size * cfg.style_scale))
     if cfg.content is None:
-        content = demo_photo(cfg.size)
-        styles = [demo_painting(style_side)]
-        labels = ["content_demo", "style_demo"]
-    else:
-        content = load_image(cfg.content, cfg.size)
-        styles = [load_image(path, style_side) for path in style_paths(cfg.style)]
-        labels = ["content", *[f"style_{i}" for i in range(len(styles))]]
-    return Inputs(content, styles, initial_image(cfg, content, rng), labels)
+        return Inputs(demo_photo(cfg.size), [demo_painting(style_side)],
+                      ["content_demo", "style_demo"])
+    styles = [load_image(path, style_side) for path in style_paths(cfg.style)]
+    return Inputs(load_image(cfg.content, cfg.size), styles,
+                  ["content", *[f"style_{i}" for i in range(len(styles))]])
 
 
-def initial_image(cfg: DictConfig, content: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Where optimisation starts: noise around the mean pixel, the content, or a file."""
-    if cfg.init.kind == "content":
-        return content.copy()
-    if cfg.init.kind == "image":
-        image = load_image(cfg.init.path)
-        return resize(image, (content.shape[1], content.shape[0]))
-    noise = rng.normal(0.0, cfg.init.noise_scale, content.shape).astype(np.float32)
-    return np.clip(IMAGENET_MEAN_RGB + noise, 0.0, 255.0)
+def initial_image(cfg: DictConfig, content: np.ndarray, styles: list[np.ndarray],
+                  rng: np.random.Generator) -> np.ndarray:
+    """Where optimisation starts: noise around the mean pixel, the content, the first
+    style or a file, blended with ``init.noise_ratio`` of noise."""
+    size = (content.shape[1], content.shape[0])
+    noise = np.clip(IMAGENET_MEAN_RGB + rng.normal(0.0, cfg.init.noise_scale, content.shape),
+                    0.0, 255.0).astype(np.float32)
+    start = {
+        "noise": lambda: noise,
+        "content": lambda: content,
+        "style": lambda: resize(styles[0], size),
+        "image": lambda: resize(load_image(cfg.init.path), size),
+    }[cfg.init.kind]()
+    ratio = cfg.init.noise_ratio
+    return ((1.0 - ratio) * start + ratio * noise).astype(np.float32)
 
 
 def loss_weights(cfg: DictConfig) -> LossWeights:
@@ -89,8 +101,29 @@ def loss_weights(cfg: DictConfig) -> LossWeights:
         content_layers=layer_weights("loss.content_layers", list(cfg.loss.content_layers),
                                      cfg.loss.content_layer_weights),
         style_layers=layer_weights("loss.style_layers", list(cfg.loss.style_layers),
-                                   cfg.loss.style_layer_weights),
+                                   cfg.loss.style_layer_weights, cfg.loss.style_layer_exponent),
     )
+
+
+def optimizer_settings(cfg: DictConfig) -> Optimizer:
+    """The optimiser group's values as the loop's settings object."""
+    values = {key: value for key, value in cfg.optimizer.items() if key != "name"}
+    return LBFGSSettings(**values) if cfg.optimizer.name == "lbfgs" else AdamSettings(**values)
+
+
+def problem_factory(content: np.ndarray, styles: list[np.ndarray], blend: list[float],
+                    loss: LossWeights) -> Callable[[int], Problem]:
+    """The problem at any longest side, resized down from the full-size inputs."""
+    full_side = max(content.shape[:2])
+
+    def problem_at(side: int) -> Problem:
+        ratio = side / full_side
+        return Problem(
+            resize_longest(content, side),
+            [resize_longest(s, max(1, round(max(s.shape[:2]) * ratio))) for s in styles],
+            blend, loss)
+
+    return problem_at
 
 
 class ProgressBar:
@@ -124,21 +157,23 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> Result:
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         mlflow.log_text("\n".join(overrides) + "\n", "overrides.txt")
         validate(cfg)
+        scales, scale_iterations = scale_plan(cfg)
         rng = np.random.default_rng(cfg.seed)
         tf.random.set_seed(cfg.seed)
-        inputs = load_inputs(cfg, rng)
+        inputs = load_inputs(cfg)
         for label, image in zip(inputs.labels, [inputs.content, *inputs.styles], strict=True):
             thumbnail = save_image(_thumbnail(image), output_dir / "inputs" / f"{label}.jpg")
             mlflow.log_artifact(str(thumbnail), "inputs")
+        content, styles = color.prepare(inputs.content, inputs.styles, cfg.color)
+        init = initial_image(cfg, content, styles, rng)
         weights = load_weights(cfg.model.weights)
         mlflow.set_tag("weights_sha256", weights.sha256)
-        problem = Problem(inputs.content, inputs.styles,
-                          blend_weights(cfg.style_weights, len(inputs.styles)), loss_weights(cfg))
-        network = build_network(weights, problem.loss, cfg.model.pooling)
-        optimizer = AdamSettings(cfg.optimizer.lr, cfg.optimizer.beta1, cfg.optimizer.beta2,
-                                 cfg.optimizer.epsilon)
+        loss = loss_weights(cfg)
+        problem_at = problem_factory(content, styles,
+                                     blend_weights(cfg.style_weights, len(styles)), loss)
+        network = build_network(weights, loss, cfg.model.pooling)
         logger = MetricsLogger(active.info.run_id, uri)
-        bar = ProgressBar(cfg.iterations, cfg.progress)
+        bar = ProgressBar(sum(scale_iterations), cfg.progress)
         first_step: list[float] = []
 
         def report(progress: Progress) -> None:
@@ -149,21 +184,28 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> Result:
             if progress.image is not None:
                 save_image(progress.image, output_dir / "checkpoints" / f"{progress.step:06d}.png")
 
+        def finish(result: Result) -> None:
+            final = color.finish(result.image, resize(inputs.content, result.image.shape[1::-1]),
+                                 cfg.color)
+            mlflow.set_tag("stop_reason", result.stop_reason)
+            _finish(dataclasses.replace(result, image=final), output_dir, started, first_step)
+
         try:
-            result = stylize(problem, network, inputs.init, optimizer, cfg.iterations,
-                             log_every=cfg.tracking.log_every,
-                             checkpoint_every=cfg.tracking.checkpoint_every, callback=report)
+            result = stylize_scales(problem_at, scales, scale_iterations, network, init,
+                                    optimizer_settings(cfg), log_every=cfg.tracking.log_every,
+                                    checkpoint_every=cfg.tracking.checkpoint_every,
+                                    callback=report)
         except Interrupted as interrupt:
-            _finish(interrupt.result, output_dir, started, first_step)
+            finish(interrupt.result)
             raise
         finally:
             bar.close()
-        _finish(result, output_dir, started, first_step)
+        finish(result)
     return result
 
 
 def _finish(result: Result, output_dir: Path, started: float, first_step: list[float]) -> None:
-    """Write and log the best image, the loss curve and the timings."""
+    """Write and log the final image, the loss curve and the timings."""
     output = save_image(result.image, output_dir / "output.png")
     mlflow.log_artifact(str(output))
     if result.history:

@@ -7,14 +7,17 @@ reported, naming the key, before any image is loaded or any weight is read.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig
 
+from style_exp.color import COLOR_MODES
 from style_exp.weights import POOLING, VGG19_LAYERS
 
+INIT_KINDS = ("noise", "content", "style", "image")
 DEFAULT_STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 
 
@@ -37,22 +40,37 @@ class LossConfig:
     content_layer_weights: list[float] | None = None  # default: equal
     style_layers: list[str] = field(default_factory=lambda: list(DEFAULT_STYLE_LAYERS))
     style_layer_weights: list[float] | None = None  # default: equal
+    style_layer_exponent: float = 1.0  # layer l (0-based) weighted by exponent**l
 
 
 @dataclass
-class OptimizerConfig:
+class AdamConfig:
     name: str = "adam"
     lr: float = 10.0
     beta1: float = 0.9
     beta2: float = 0.999
     epsilon: float = 1e-8
+    schedule: str = "constant"  # constant | exponential | step | cosine
+    decay_rate: float = 0.5  # lr factor per decay_steps (the floor of cosine's curve)
+    decay_steps: int = 500
+
+
+@dataclass
+class LBFGSConfig:
+    name: str = "lbfgs"
+    history_size: int = 20  # corrections kept (SciPy's maxcor)
+    max_line_search: int = 20  # line-search steps per iteration (SciPy's maxls)
+    max_evaluations_per_iteration: float = 1.5  # loss/gradient evaluation budget
+    ftol: float = 0.0  # stop when the relative loss change falls below this
+    gtol: float = 0.0  # stop when the projected gradient falls below this
 
 
 @dataclass
 class InitConfig:
-    kind: str = "noise"  # noise | content | image
+    kind: str = "noise"  # noise | content | style | image
     path: str | None = None  # the image for kind=image
     noise_scale: float = 0.256  # std of the noise around the mean pixel (0..255 units)
+    noise_ratio: float = 0.0  # blend: (1 - r) * start image + r * noise
 
 
 @dataclass
@@ -81,9 +99,12 @@ class Config:
     iterations: int = 1000
     seed: int = 0
     progress: bool = True  # progress bar on the terminal
+    color: str = "none"  # none | luminance | histogram
+    scales: list[int] = field(default_factory=list)  # coarse-to-fine sizes, last = size
+    scale_iterations: list[int] | None = None  # per scale; default: iterations each
     model: ModelConfig = MISSING
     loss: LossConfig = MISSING
-    optimizer: OptimizerConfig = MISSING
+    optimizer: Any = MISSING  # AdamConfig or LBFGSConfig, chosen by the optimizer group
     init: InitConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
@@ -95,7 +116,8 @@ def register_schemas() -> None:
     store.store(name="config_schema", node=Config)
     store.store(group="model", name="model_schema", node=ModelConfig)
     store.store(group="loss", name="loss_schema", node=LossConfig)
-    store.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
+    store.store(group="optimizer", name="adam_schema", node=AdamConfig)
+    store.store(group="optimizer", name="lbfgs_schema", node=LBFGSConfig)
     store.store(group="init", name="init_schema", node=InitConfig)
 
 
@@ -128,8 +150,12 @@ def blend_weights(weights: list[float] | None, count: int) -> list[float]:
     return normalised("style_weights", values)
 
 
-def layer_weights(key: str, layers: list[str], weights: list[float] | None) -> dict[str, float]:
-    """Per-layer weights for ``layers`` normalised to sum 1, validated by name and count."""
+def layer_weights(key: str, layers: list[str], weights: list[float] | None,
+                  exponent: float = 1.0) -> dict[str, float]:
+    """Per-layer weights for ``layers``, times ``exponent**l`` for the l-th, normalised.
+
+    An exponent above 1 shifts the emphasis towards the later (coarser) layers.
+    """
     if not layers:
         raise ConfigError(f"{key}: at least one layer is needed")
     unknown = [name for name in layers if name not in VGG19_LAYERS]
@@ -137,13 +163,30 @@ def layer_weights(key: str, layers: list[str], weights: list[float] | None) -> d
         raise ConfigError(f"{key}: unknown VGG-19 layer(s) {unknown}; use names like relu4_2")
     if len(set(layers)) != len(layers):
         raise ConfigError(f"{key}: layers are repeated in {list(layers)}")
-    if weights is None:
-        return {name: 1.0 / len(layers) for name in layers}
-    values = [float(w) for w in weights]
     weights_key = key.replace("layers", "layer_weights")
+    values = [1.0] * len(layers) if weights is None else [float(w) for w in weights]
     if len(values) != len(layers):
         raise ConfigError(f"{weights_key} has {len(values)} values for {len(layers)} layers")
-    return dict(zip(layers, normalised(weights_key, values), strict=True))
+    scaled = [w * exponent**index for index, w in enumerate(values)]
+    return dict(zip(layers, normalised(weights_key, scaled), strict=True))
+
+
+def scale_plan(cfg: DictConfig | Config) -> tuple[list[int], list[int]]:
+    """The sizes to optimise at, coarse to fine, and the iterations at each."""
+    scales = [int(s) for s in cfg.scales] or [int(cfg.size)]
+    if any(s <= 0 for s in scales) or any(b <= a for a, b in itertools.pairwise(scales)):
+        raise ConfigError(f"scales must be positive and increasing, got {scales}")
+    if scales[-1] != cfg.size:
+        raise ConfigError(f"scales must end at size={cfg.size}, got {scales}")
+    if cfg.scale_iterations is None:
+        return scales, [int(cfg.iterations)] * len(scales)
+    counts = [int(n) for n in cfg.scale_iterations]
+    if len(counts) != len(scales) or any(n <= 0 for n in counts):
+        raise ConfigError(
+            f"scale_iterations must give a positive count for each of the {len(scales)} "
+            f"scales, got {counts}"
+        )
+    return scales, counts
 
 
 def validate(cfg: DictConfig | Config) -> None:
@@ -157,27 +200,54 @@ def validate(cfg: DictConfig | Config) -> None:
         _non_negative(f"loss.{name}", getattr(cfg.loss, name))
     layer_weights("loss.content_layers", list(cfg.loss.content_layers),
                   cfg.loss.content_layer_weights)
-    layer_weights("loss.style_layers", list(cfg.loss.style_layers), cfg.loss.style_layer_weights)
+    _positive("loss.style_layer_exponent", cfg.loss.style_layer_exponent)
+    layer_weights("loss.style_layers", list(cfg.loss.style_layers), cfg.loss.style_layer_weights,
+                  cfg.loss.style_layer_exponent)
     if cfg.model.pooling not in POOLING:
         raise ConfigError(f"model.pooling must be one of {POOLING}, got {cfg.model.pooling!r}")
-    if cfg.optimizer.name != "adam":
-        raise ConfigError(f"optimizer.name must be 'adam', got {cfg.optimizer.name!r}")
-    _positive("optimizer.lr", cfg.optimizer.lr)
-    for name in ("beta1", "beta2"):
-        value = getattr(cfg.optimizer, name)
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"optimizer.{name} must be in [0, 1), got {value}")
-    _positive("optimizer.epsilon", cfg.optimizer.epsilon)
-    if cfg.init.kind not in ("noise", "content", "image"):
-        raise ConfigError(f"init.kind must be noise, content or image, got {cfg.init.kind!r}")
+    _validate_optimizer(cfg.optimizer)
+    if cfg.init.kind not in INIT_KINDS:
+        raise ConfigError(f"init.kind must be one of {INIT_KINDS}, got {cfg.init.kind!r}")
     if cfg.init.kind == "image" and not cfg.init.path:
         raise ConfigError("init=image needs init.path=FILE")
     _non_negative("init.noise_scale", cfg.init.noise_scale)
+    if not 0.0 <= cfg.init.noise_ratio <= 1.0:
+        raise ConfigError(f"init.noise_ratio must be in [0, 1], got {cfg.init.noise_ratio}")
+    if cfg.color not in COLOR_MODES:
+        raise ConfigError(f"color must be one of {COLOR_MODES}, got {cfg.color!r}")
+    scale_plan(cfg)
     styles = style_paths(cfg.style)
     if (cfg.content is None) != (not styles):
         raise ConfigError("give both content=FILE and style=FILE (or neither, for the demo)")
     if styles:
         blend_weights(cfg.style_weights, len(styles))
+
+
+def _validate_optimizer(optimizer: DictConfig) -> None:
+    from style_exp.optim import SCHEDULES  # TensorFlow is loaded by the time runs validate
+
+    if optimizer.name == "adam":
+        _positive("optimizer.lr", optimizer.lr)
+        for name in ("beta1", "beta2"):
+            value = getattr(optimizer, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"optimizer.{name} must be in [0, 1), got {value}")
+        _positive("optimizer.epsilon", optimizer.epsilon)
+        if optimizer.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"optimizer.schedule must be one of {SCHEDULES}, got {optimizer.schedule!r}")
+        _positive("optimizer.decay_rate", optimizer.decay_rate)
+        _positive("optimizer.decay_steps", optimizer.decay_steps)
+    elif optimizer.name == "lbfgs":
+        _positive("optimizer.history_size", optimizer.history_size)
+        _positive("optimizer.max_line_search", optimizer.max_line_search)
+        if optimizer.max_evaluations_per_iteration < 1:
+            raise ConfigError("optimizer.max_evaluations_per_iteration must be at least 1, got "
+                              f"{optimizer.max_evaluations_per_iteration}")
+        _non_negative("optimizer.ftol", optimizer.ftol)
+        _non_negative("optimizer.gtol", optimizer.gtol)
+    else:
+        raise ConfigError(f"optimizer.name must be adam or lbfgs, got {optimizer.name!r}")
 
 
 def _positive(key: str, value: float) -> None:

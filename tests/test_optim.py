@@ -1,0 +1,214 @@
+"""Optimisers, schedules, initialisation, colour preservation and coarse-to-fine."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import gradient_image, stripes_image
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from style_exp import app, color
+from style_exp.config import ConfigError, layer_weights, scale_plan, validate
+from style_exp.losses import LossWeights
+from style_exp.optim import AdamSettings, LBFGSSettings, learning_rate
+from style_exp.stylize import Interrupted, Problem, build_network, stylize, stylize_scales
+from style_exp.weights import IMAGENET_MEAN_RGB
+
+LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
+                   {f"relu{i}_1": 0.2 for i in range(1, 6)})
+
+
+@pytest.fixture(scope="module")
+def network(weights):
+    return build_network(weights, LOSS, "max")
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return Problem(gradient_image(40, 56), [stripes_image(48, 48)], [1.0], LOSS)
+
+
+def _noise(shape):
+    return IMAGENET_MEAN_RGB + np.random.default_rng(0).normal(0, 0.256, shape).astype(np.float32)
+
+
+def _final_loss(result):
+    return result.history[-1][1]["loss/total"]
+
+
+@pytest.mark.parametrize("optimizer", [
+    AdamSettings(),
+    AdamSettings(schedule="exponential", decay_steps=10),
+    AdamSettings(schedule="step", decay_steps=5),
+    AdamSettings(schedule="cosine", decay_steps=20),
+    LBFGSSettings(),
+], ids=["adam", "exponential", "step", "cosine", "lbfgs"])
+def test_every_optimiser_and_schedule_lowers_the_loss(problem, network, optimizer):
+    result = stylize(problem, network, _noise(problem.content.shape), optimizer, 20, log_every=5)
+    assert _final_loss(result) < 0.5 * result.history[0][1]["loss/total"]
+    assert {"loss/total", "loss/content", "loss/style", "loss/tv"} <= set(result.history[-1][1])
+
+
+def test_lbfgs_beats_adam_at_equal_steps(problem, network):
+    init = _noise(problem.content.shape)
+    adam = stylize(problem, network, init, AdamSettings(), 15, log_every=15)
+    lbfgs = stylize(problem, network, init, LBFGSSettings(), 15, log_every=15)
+    assert _final_loss(lbfgs) < _final_loss(adam)
+    assert lbfgs.history[-1][1]["lbfgs/evaluations"] >= 15
+    assert lbfgs.image.min() >= 0.0 and lbfgs.image.max() <= 255.0
+
+
+def test_lbfgs_stops_cleanly_on_convergence(problem, network):
+    result = stylize(problem, network, _noise(problem.content.shape),
+                     LBFGSSettings(ftol=0.5), 50, log_every=10)
+    assert result.steps < 50
+    assert "CONVERGENCE" in result.stop_reason.upper()
+    assert result.history[-1][0] == result.steps
+
+
+def test_lbfgs_interrupt_keeps_best_image(problem, network):
+    def interrupt(progress):
+        if progress.step >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as caught:
+        stylize(problem, network, _noise(problem.content.shape), LBFGSSettings(), 50,
+                log_every=1, callback=interrupt)
+    assert caught.value.result.interrupted and caught.value.result.steps == 3
+
+
+def test_schedules_follow_their_formulas():
+    def lr(settings, step):
+        return float(learning_rate(settings, tf.constant(float(step))))
+
+    assert lr(AdamSettings(lr=10), 700) == pytest.approx(10)
+    assert lr(AdamSettings(lr=10, schedule="exponential", decay_rate=0.5, decay_steps=100),
+              200) == pytest.approx(2.5)
+    step = AdamSettings(lr=8, schedule="step", decay_rate=0.5, decay_steps=100)
+    assert (lr(step, 99), lr(step, 100), lr(step, 250)) == pytest.approx((8, 4, 2))
+    cosine = AdamSettings(lr=10, schedule="cosine", decay_rate=0.1, decay_steps=100)
+    assert (lr(cosine, 0), lr(cosine, 50), lr(cosine, 100), lr(cosine, 500)) == \
+        pytest.approx((10, 5.5, 1, 1))
+
+
+def test_multiscale_produces_final_size_and_numbers_steps_across_scales(problem, network):
+    def problem_at(side):
+        return app.problem_factory(gradient_image(48, 64), [stripes_image(64, 64)], [1.0],
+                                   LOSS)(side)
+
+    events = []
+    result = stylize_scales(problem_at, [32, 64], [6, 4], network, _noise((48, 64, 3)),
+                            AdamSettings(), log_every=2, callback=events.append)
+    assert result.image.shape == (48, 64, 3)
+    sizes = {e.step: e.metrics["scale/size"] for e in events}
+    assert sizes[6] == 32 and sizes[7] == 64 and max(sizes) == 10
+    assert [step for step, _ in result.history] == sorted(step for step, _ in result.history)
+
+
+def test_luminance_preservation_keeps_content_chroma():
+    content = gradient_image(32, 32)
+    painting = stripes_image(32, 32)
+    grey_content, (grey_style,) = color.prepare(content, [painting], "luminance")
+    assert np.allclose(grey_content[..., 0], grey_content[..., 1])
+    # The style's luma now has the content's mean and spread.
+    assert color.rgb_to_yiq(grey_style)[..., 0].mean() == pytest.approx(
+        color.rgb_to_yiq(content)[..., 0].mean(), abs=2.0)
+    # A stylised luma (here the content's plus a texture) keeps the content's I and Q.
+    stylised = grey_content + 0.15 * (painting - 128.0)
+    result = color.finish(stylised, content, "luminance")
+    chroma_change = np.abs(color.rgb_to_yiq(result)[..., 1:] - color.rgb_to_yiq(content)[..., 1:])
+    assert chroma_change.mean() < 1.5
+    untouched = np.abs(color.rgb_to_yiq(painting)[..., 1:] - color.rgb_to_yiq(content)[..., 1:])
+    assert untouched.mean() > 20
+
+
+def test_histogram_matching_gives_style_the_content_colour_statistics():
+    content = gradient_image(32, 32)
+    style = 0.4 * gradient_image(40, 40, seed=1)[..., ::-1] + 90.0  # other colours, flatter
+    matched = color.match_color_statistics(style, content)
+    pixels_m, pixels_c = matched.reshape(-1, 3), content.reshape(-1, 3)
+    np.testing.assert_allclose(pixels_m.mean(axis=0), pixels_c.mean(axis=0), atol=3.0)
+    np.testing.assert_allclose(np.cov(pixels_m.T), np.cov(pixels_c.T), rtol=0.1, atol=60)
+
+
+def test_style_layer_exponent_shifts_weight_to_coarse_layers():
+    layers = ["relu1_1", "relu2_1", "relu3_1"]
+    weights = layer_weights("loss.style_layers", layers, None, exponent=2.0)
+    assert list(weights.values()) == pytest.approx([1 / 7, 2 / 7, 4 / 7])
+
+
+def test_pooling_changes_the_result(weights, problem):
+    results = [stylize(problem, build_network(weights, LOSS, pooling), _noise(
+        problem.content.shape), AdamSettings(), 3, log_every=3) for pooling in ("max", "avg")]
+    assert not np.allclose(results[0].image, results[1].image)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("scales=[64,32]", "scales must be positive and increasing"),
+    ("scales=[32,64]", "scales must end at size=512"),
+    ("scale_iterations=[5,5]", "scale_iterations must give a positive count for each of the 1"),
+    ("optimizer.schedule=linear", "optimizer.schedule must be one of"),
+    ("loss.style_layer_exponent=-1", "loss.style_layer_exponent must be positive"),
+    ("init.noise_ratio=1.5", r"init.noise_ratio must be in \[0, 1\]"),
+    ("color=sepia", "color must be one of"),
+])
+def test_bad_values_fail_before_computation(compose_config, override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config([override]))
+
+
+def test_bad_lbfgs_value(compose_config):
+    with pytest.raises(ConfigError, match="optimizer.history_size must be positive"):
+        validate(compose_config(["optimizer=lbfgs", "optimizer.history_size=0"]))
+
+
+def test_scale_plan(compose_config):
+    assert scale_plan(compose_config(["size=256"])) == ([256], [1000])
+    cfg = compose_config(["size=256", "scales=[64,128,256]", "scale_iterations=[30,20,10]"])
+    assert scale_plan(cfg) == ([64, 128, 256], [30, 20, 10])
+
+
+@pytest.mark.parametrize("kind", ["noise", "content", "style", "image"])
+def test_init_kinds(compose_config, tmp_path, kind):
+    start = tmp_path / "start.png"
+    Image.fromarray(np.full((10, 20, 3), 200, np.uint8)).save(start)
+    cfg = compose_config([f"init={kind}", *([f"init.path={start}"] if kind == "image" else [])])
+    content, styles = gradient_image(24, 32), [stripes_image(30, 30)]
+    image = app.initial_image(cfg, content, styles, np.random.default_rng(0))
+    assert image.shape == content.shape
+    expected = {"noise": None, "content": content, "style": None,
+                "image": np.full_like(content, 200)}
+    if expected[kind] is not None:
+        np.testing.assert_allclose(image, expected[kind], atol=1.0)
+    if kind == "noise":
+        assert abs(float(image.mean()) - float(IMAGENET_MEAN_RGB.mean())) < 1.0
+
+
+def test_init_noise_ratio_blends(compose_config):
+    cfg = compose_config(["init=content", "init.noise_ratio=0.5", "init.noise_scale=0"])
+    content = gradient_image(24, 32)
+    image = app.initial_image(cfg, content, [], np.random.default_rng(0))
+    np.testing.assert_allclose(image, 0.5 * content + 0.5 * IMAGENET_MEAN_RGB, atol=1e-3)
+
+
+def test_multiscale_lbfgs_colour_run_logs_every_scale(compose_config, tmp_path):
+    content, style = tmp_path / "c.png", tmp_path / "s.png"
+    Image.fromarray(gradient_image(48, 64).astype(np.uint8)).save(content)
+    Image.fromarray(stripes_image(64, 64).astype(np.uint8)).save(style)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [f"content={content}", f"style={style}", "size=64", "scales=[32,64]",
+                 "scale_iterations=[6,4]", "optimizer=lbfgs", "color=luminance",
+                 "tracking.log_every=2", f"tracking.uri={uri}", "progress=false"]
+    app.run(compose_config(overrides), tmp_path / "out", overrides)
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("style_exp").experiment_id])[0]
+    sizes = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "scale/size")}
+    assert sizes[6] == 32 and sizes[10] == 64
+    assert run.data.metrics["lbfgs/evaluations"] >= 4
+    assert run.data.tags["stop_reason"]
+    output = np.asarray(Image.open(tmp_path / "out" / "output.png"), np.float32)
+    assert output.shape == (48, 64, 3)
+    # Luminance mode: the output has the content photo's colours.
+    original = np.asarray(Image.open(content), np.float32)
+    chroma = np.abs(color.rgb_to_yiq(output)[..., 1:] - color.rgb_to_yiq(original)[..., 1:])
+    assert chroma.mean() < 3.0
