@@ -14,7 +14,6 @@ Writes a Markdown and CSV table and a plot to --out, and logs everything to MLfl
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from style_exp.images import load_image, save_image
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings, LBFGSSettings
 from style_exp.stylize import Optimizer, Problem, Progress, build_network, stylize
+from style_exp.tables import write_tables
 from style_exp.tracking import default_tracking_uri, environment_tags, experiment_id
 from style_exp.weights import IMAGENET_MEAN_RGB, load_weights
 
@@ -100,22 +100,6 @@ def table_rows(traces: list[Trace], target: float, budget: float) -> list[dict[s
     return rows
 
 
-def write_tables(rows: list[dict[str, object]], out: Path, target: float) -> tuple[Path, Path]:
-    csv_path, md_path = out / "optimizers.csv", out / "optimizers.md"
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    header = list(rows[0])
-    lines = [f"Target: total loss {target:.4g} (Adam, constant lr, at its last iteration)", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        lines.append("| " + " | ".join(
-            f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
-    return csv_path, md_path
-
-
 def plot(traces: list[Trace], target: float, path: Path) -> Path:
     import matplotlib
 
@@ -177,13 +161,15 @@ def main() -> None:
     rows = table_rows(traces, target, budget)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = write_tables(rows, args.out, target)
+    csv_path, md_path = write_tables(
+        rows, args.out / "optimizers",
+        f"Target: total loss {target:.4g} (Adam, constant lr, at its last iteration)")
     plot_path = plot(traces, target, args.out / "optimizers.png")
     print(md_path.read_text())
 
     uri = args.tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    experiment = experiment_id(mlflow.MlflowClient(uri), "benchmarks", uri)
+    experiment = experiment_id(uri, "benchmarks")
     with mlflow.start_run(experiment_id=experiment, run_name="optimizer-comparison",
                           tags={**environment_tags(), "benchmark": "optimizers"}):
         mlflow.log_params({"content": args.content, "style": ",".join(args.style),

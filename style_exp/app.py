@@ -15,13 +15,15 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import tensorflow as tf
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from style_exp import color
+from style_exp import color, device
 from style_exp.config import blend_weights, layer_weights, scale_plan, style_paths, validate
-from style_exp.demo import demo_painting, demo_photo
-from style_exp.images import load_image, resize, resize_longest, save_image
+from style_exp.demo import demo_paintings, demo_photo
+from style_exp.images import file_sha256, load_image, resize, resize_longest, save_image
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings, LBFGSSettings
 from style_exp.stylize import (
@@ -38,7 +40,9 @@ from style_exp.tracking import (
     default_tracking_uri,
     environment_tags,
     flatten,
+    library_versions,
     plot_losses,
+    sweep_tags,
     tracked_run,
 )
 from style_exp.weights import IMAGENET_MEAN_RGB, load_weights
@@ -69,8 +73,9 @@ def load_inputs(cfg: DictConfig) -> Inputs:
     """Content and style images at the output's working sizes."""
     style_side = max(1, round(cfg.size * cfg.style_scale))
     if cfg.content is None:
-        return Inputs(demo_photo(cfg.size), [demo_painting(style_side)],
-                      ["content_demo", "style_demo"])
+        paintings = demo_paintings(style_side, cfg.demo.styles)
+        return Inputs(demo_photo(cfg.size), paintings,
+                      ["content_demo", *[f"style_demo_{i}" for i in range(len(paintings))]])
     styles = [load_image(path, style_side) for path in style_paths(cfg.style)]
     return Inputs(load_image(cfg.content, cfg.size), styles,
                   ["content", *[f"style_{i}" for i in range(len(styles))]])
@@ -145,22 +150,51 @@ class ProgressBar:
         self.bar.close()
 
 
-def run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> Result:
+def run_hydra_job(cfg: DictConfig) -> Path:
+    """The job `run.py` starts: where Hydra put it, what it overrode, which sweep it is in."""
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    tags = {}
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        tags = sweep_tags(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, overrides)
+    run(cfg, output_dir, overrides, tags)
+    return output_dir / "output.png"
+
+
+def input_files(cfg: DictConfig) -> dict[str, str]:
+    """Every file the result depends on besides the code and the weights."""
+    files = {}
+    if cfg.content is not None:
+        files["content"] = cfg.content
+        files.update({f"style_{i}": path for i, path in enumerate(style_paths(cfg.style))})
+    if cfg.init.kind == "image":
+        files["init"] = cfg.init.path
+    return files
+
+
+def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
+        tags: dict[str, str] | None = None) -> Result:
     """Run one configured stylisation, tracked in MLflow; returns the loop's result."""
     started = time.perf_counter()
     overridden = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
     cfg = apply_demo_defaults(cfg, overridden)
     uri = cfg.tracking.uri or default_tracking_uri()
     output_dir.mkdir(parents=True, exist_ok=True)
-    with tracked_run(uri, cfg.tracking.experiment, tags=environment_tags()) as active:
+    device.configure(cfg.threads.intra_op, cfg.threads.inter_op)
+    with tracked_run(uri, cfg.tracking.experiment,
+                     tags={**environment_tags(), **(tags or {})}) as active:
         mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         mlflow.log_text("\n".join(overrides) + "\n", "overrides.txt")
         validate(cfg)
         scales, scale_iterations = scale_plan(cfg)
+        if cfg.determinism:
+            tf.config.experimental.enable_op_determinism()
         rng = np.random.default_rng(cfg.seed)
         tf.random.set_seed(cfg.seed)
         inputs = load_inputs(cfg)
+        record = reproduction_record(cfg, overrides)
         for label, image in zip(inputs.labels, [inputs.content, *inputs.styles], strict=True):
             thumbnail = save_image(_thumbnail(image), output_dir / "inputs" / f"{label}.jpg")
             mlflow.log_artifact(str(thumbnail), "inputs")
@@ -168,10 +202,11 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> Result:
         init = initial_image(cfg, content, styles, rng)
         weights = load_weights(cfg.model.weights)
         mlflow.set_tag("weights_sha256", weights.sha256)
+        mlflow.log_dict({**record, "weights_sha256": weights.sha256}, "reproduce.json")
         loss = loss_weights(cfg)
         problem_at = problem_factory(content, styles,
                                      blend_weights(cfg.style_weights, len(styles)), loss)
-        network = build_network(weights, loss, cfg.model.pooling)
+        network = build_network(weights, loss, cfg.model.pooling, cfg.precision)
         logger = MetricsLogger(active.info.run_id, uri)
         bar = ProgressBar(sum(scale_iterations), cfg.progress)
         first_step: list[float] = []
@@ -194,7 +229,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> Result:
             result = stylize_scales(problem_at, scales, scale_iterations, network, init,
                                     optimizer_settings(cfg), log_every=cfg.tracking.log_every,
                                     checkpoint_every=cfg.tracking.checkpoint_every,
-                                    callback=report)
+                                    callback=report, jit_compile=cfg.xla)
         except Interrupted as interrupt:
             finish(interrupt.result)
             raise
@@ -202,6 +237,25 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> Result:
             bar.close()
         finish(result)
     return result
+
+
+def reproduction_record(cfg: DictConfig, overrides: list[str]) -> dict[str, object]:
+    """What reproducing this run needs beyond its config: input hashes and versions.
+
+    The hashes are also tags (``input_sha256.<name>``) so the UI can show them.
+    """
+    hashes = {name: file_sha256(path) for name, path in input_files(cfg).items()}
+    versions = library_versions()
+    mlflow.set_tags({f"input_sha256.{name}": digest for name, digest in hashes.items()})
+    mlflow.set_tags({f"version.{name}": value for name, value in versions.items()})
+    return {
+        "overrides": overrides,
+        "inputs": {name: {"path": str(Path(input_files(cfg)[name]).resolve()), "sha256": digest}
+                   for name, digest in hashes.items()},
+        "versions": versions,
+        "seed": cfg.seed,
+        "determinism": cfg.determinism,
+    }
 
 
 def _finish(result: Result, output_dir: Path, started: float, first_step: list[float]) -> None:

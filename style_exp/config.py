@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig
 
 from style_exp.color import COLOR_MODES
-from style_exp.weights import POOLING, VGG19_LAYERS
+from style_exp.weights import POOLING, PRECISIONS, VGG19_LAYERS
 
 INIT_KINDS = ("noise", "content", "style", "image")
 DEFAULT_STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
@@ -82,11 +82,18 @@ class TrackingConfig:
 
 
 @dataclass
+class ThreadsConfig:
+    intra_op: int = 0  # threads inside one op; 0 = one per core
+    inter_op: int = 0  # ops run concurrently; 0 = TensorFlow's choice
+
+
+@dataclass
 class DemoConfig:
     """Used when no content/style is given: keeps `python run.py` to a couple of minutes."""
 
     size: int = 256
     iterations: int = 300
+    styles: int = 1  # how many demo paintings (2 for blend sweeps)
 
 
 @dataclass
@@ -100,6 +107,10 @@ class Config:
     seed: int = 0
     progress: bool = True  # progress bar on the terminal
     color: str = "none"  # none | luminance | histogram
+    precision: str = "float32"  # float32 | bfloat16 | float16 (convolutions; losses stay float32)
+    xla: bool = False  # compile the step with XLA
+    determinism: bool = False  # deterministic TF ops: reruns give pixel-identical images
+    threads: ThreadsConfig = field(default_factory=ThreadsConfig)
     scales: list[int] = field(default_factory=list)  # coarse-to-fine sizes, last = size
     scale_iterations: list[int] | None = None  # per scale; default: iterations each
     model: ModelConfig = MISSING
@@ -213,14 +224,19 @@ def validate(cfg: DictConfig | Config) -> None:
     _non_negative("init.noise_scale", cfg.init.noise_scale)
     if not 0.0 <= cfg.init.noise_ratio <= 1.0:
         raise ConfigError(f"init.noise_ratio must be in [0, 1], got {cfg.init.noise_ratio}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    _non_negative("threads.intra_op", cfg.threads.intra_op)
+    _non_negative("threads.inter_op", cfg.threads.inter_op)
     if cfg.color not in COLOR_MODES:
         raise ConfigError(f"color must be one of {COLOR_MODES}, got {cfg.color!r}")
     scale_plan(cfg)
     styles = style_paths(cfg.style)
     if (cfg.content is None) != (not styles):
         raise ConfigError("give both content=FILE and style=FILE (or neither, for the demo)")
-    if styles:
-        blend_weights(cfg.style_weights, len(styles))
+    if cfg.demo.styles not in (1, 2):
+        raise ConfigError(f"demo.styles must be 1 or 2, got {cfg.demo.styles}")
+    blend_weights(cfg.style_weights, len(styles) if styles else cfg.demo.styles)
 
 
 def _validate_optimizer(optimizer: DictConfig) -> None:

@@ -14,10 +14,13 @@ from matplotlib import cbook
 from style_exp.images import load_image
 
 DEMO_PHOTO = "grace_hopper.jpg"
-PALETTE = np.array(
-    [(12, 24, 64), (28, 62, 140), (62, 112, 190), (120, 170, 215),
-     (235, 205, 90), (250, 240, 200)],
-    dtype=np.float32,
+PALETTES = (
+    # Night: deep blues to pale yellow.
+    np.array([(12, 24, 64), (28, 62, 140), (62, 112, 190), (120, 170, 215),
+              (235, 205, 90), (250, 240, 200)], dtype=np.float32),
+    # Embers: dark red through orange to cream, for a second, contrasting style.
+    np.array([(40, 8, 12), (120, 20, 20), (200, 70, 30), (240, 140, 40),
+              (250, 210, 120), (255, 245, 225)], dtype=np.float32),
 )  # fmt: skip
 
 
@@ -27,22 +30,31 @@ def demo_photo(longest_side: int) -> np.ndarray:
         return load_image(handle.name, longest_side)
 
 
-def demo_painting(longest_side: int, seed: int = 7) -> np.ndarray:
-    """A procedurally painted style image, the same for the same size and seed."""
+def demo_paintings(longest_side: int, count: int = 1) -> list[np.ndarray]:
+    """The demo's style images: night swirls, and warm coarse strokes as the second."""
+    return [demo_painting(longest_side, seed=7 + 4 * i, palette=i, grain=3 + 3 * i)
+            for i in range(count)]
+
+
+def demo_painting(longest_side: int, seed: int = 7, palette: int = 0,
+                  grain: int = 3) -> np.ndarray:
+    """A procedurally painted style image, the same for the same arguments."""
     rng = np.random.default_rng(seed)
     n = longest_side
     y, x = np.mgrid[0:n, 0:n].astype(np.float32) / n
     flow_x, flow_y = _vortex_field(x, y, rng)
-    # Noise in 3x3 px blocks gives brush strokes a few pixels wide.
-    grain = rng.random((n // 3 + 1, n // 3 + 1), dtype=np.float32).repeat(3, 0).repeat(3, 1)
-    strokes = _line_integral_convolution(grain[:n, :n], flow_x, flow_y, length=max(4, n // 16))
+    # Noise in grain x grain px blocks gives brush strokes that many pixels wide.
+    blocks = rng.random((n // grain + 1, n // grain + 1), dtype=np.float32)
+    noise = blocks.repeat(grain, 0).repeat(grain, 1)[:n, :n]
+    strokes = _line_integral_convolution(noise, flow_x, flow_y, length=max(4, n // 16))
     # Low-frequency bands pick the colour; the strokes modulate it around that.
     bands = 0.5 + 0.5 * np.sin(6.0 * x + 4.0 * np.sin(5.0 * y) + 3.0 * flow_x)
     tone = np.clip(0.75 * bands + 1.6 * (strokes - strokes.mean()) + 0.1, 0.0, 1.0)
-    position = tone * (len(PALETTE) - 1)
-    low = np.floor(position).astype(int).clip(0, len(PALETTE) - 2)
+    colours = PALETTES[palette]
+    position = tone * (len(colours) - 1)
+    low = np.floor(position).astype(int).clip(0, len(colours) - 2)
     frac = (position - low)[..., None]
-    return PALETTE[low] * (1.0 - frac) + PALETTE[low + 1] * frac
+    return colours[low] * (1.0 - frac) + colours[low + 1] * frac
 
 
 def _vortex_field(x: np.ndarray, y: np.ndarray,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import warnings
@@ -90,6 +91,15 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         for c in range(image.shape[2])
     ]
     return np.clip(np.stack([np.asarray(c) for c in channels], axis=2), 0, 255)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes: how runs record exactly which input they used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

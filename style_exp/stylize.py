@@ -66,9 +66,11 @@ class Interrupted(KeyboardInterrupt):
         self.result = result
 
 
-def build_network(weights: VGGWeights, loss: LossWeights, pooling: str) -> VGG19Features:
+def build_network(weights: VGGWeights, loss: LossWeights, pooling: str,
+                  precision: str = "float32") -> VGG19Features:
     """VGG-19 truncated after the deepest layer any loss term reads."""
-    return VGG19Features(weights, [*loss.content_layers, *loss.style_layers], pooling)
+    return VGG19Features(weights, [*loss.content_layers, *loss.style_layers], pooling,
+                         precision)
 
 
 def compute_targets(network: VGG19Features, problem: Problem) -> Targets:
@@ -79,7 +81,8 @@ def compute_targets(network: VGG19Features, problem: Problem) -> Targets:
         features = network(tf.constant(style[None], tf.float32))
         style_grams.append((blend, {layer: gram_matrix(features[layer])
                                     for layer in problem.loss.style_layers}))
-    return Targets({layer: content[layer] for layer in problem.loss.content_layers}, style_grams)
+    return Targets({layer: tf.cast(content[layer], tf.float32)
+                    for layer in problem.loss.content_layers}, style_grams)
 
 
 class _Reporter:
@@ -150,31 +153,38 @@ def stylize(
     log_every: int = 10,
     checkpoint_every: int = 0,
     callback: Callable[[Progress], None] | None = None,
+    jit_compile: bool = False,
 ) -> Result:
     """Optimise ``init`` towards the problem's content and styles.
 
     Reported steps are step 1, every ``log_every`` and ``checkpoint_every`` step,
-    and the last; checkpoint steps carry the current image.
+    and the last; checkpoint steps carry the current image. ``jit_compile`` compiles
+    the step with XLA.
     """
     reporter = _Reporter(iterations, log_every, checkpoint_every, callback)
     targets = compute_targets(network, problem)
     if isinstance(optimizer, LBFGSSettings):
-        return _run_lbfgs(problem, network, targets, init, optimizer, iterations, reporter)
-    return _run_adam(problem, network, targets, init, optimizer, iterations, reporter)
+        return _run_lbfgs(problem, network, targets, init, optimizer, iterations, reporter,
+                          jit_compile)
+    return _run_adam(problem, network, targets, init, optimizer, iterations, reporter,
+                     jit_compile)
 
 
 def _run_adam(problem: Problem, network: VGG19Features, targets: Targets, init: np.ndarray,
-              settings: AdamSettings, iterations: int, reporter: _Reporter) -> Result:
+              settings: AdamSettings, iterations: int, reporter: _Reporter,
+              jit_compile: bool) -> Result:
     image = tf.Variable(init[None].astype(np.float32), name="image")
     best_image = tf.Variable(image)
     best_loss = tf.Variable(math.inf)
     adam = Adam(image, settings)
 
-    @tf.function
+    # No data-dependent Python control flow inside: AutoGraph has nothing to convert.
+    @tf.function(jit_compile=jit_compile, autograph=False)
     def step() -> tuple[dict[str, tf.Tensor], tf.Tensor]:
         with tf.GradientTape() as tape:
             terms = loss_terms(network(image), image, targets, problem.loss)
-        gradient = tape.gradient(terms["total"], image)
+            scaled = terms["total"] * network.gradient_scale
+        gradient = tape.gradient(scaled, image) / network.gradient_scale
         improved = terms["total"] < best_loss
         best_loss.assign(tf.where(improved, terms["total"], best_loss))
         best_image.assign(tf.where(improved, image, best_image))
@@ -195,15 +205,18 @@ def _run_adam(problem: Problem, network: VGG19Features, targets: Targets, init: 
 
 
 def _run_lbfgs(problem: Problem, network: VGG19Features, targets: Targets, init: np.ndarray,
-               settings: LBFGSSettings, iterations: int, reporter: _Reporter) -> Result:
+               settings: LBFGSSettings, iterations: int, reporter: _Reporter,
+               jit_compile: bool) -> Result:
     shape = (1, *init.shape)
 
-    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)], jit_compile=jit_compile,
+                 autograph=False)
     def evaluate(image: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
         with tf.GradientTape() as tape:
             tape.watch(image)
             terms = loss_terms(network(image), image, targets, problem.loss)
-        return terms, tape.gradient(terms["total"], image)
+            scaled = terms["total"] * network.gradient_scale
+        return terms, tape.gradient(scaled, image) / network.gradient_scale
 
     state = {"evaluations": 0, "iteration": 0, "best_loss": math.inf,
              "best": np.clip(init, 0, 255).astype(np.float32), "last_x": None, "last": {}}
@@ -264,6 +277,7 @@ def stylize_scales(
     log_every: int = 10,
     checkpoint_every: int = 0,
     callback: Callable[[Progress], None] | None = None,
+    jit_compile: bool = False,
 ) -> Result:
     """Coarse-to-fine: optimise at each size in turn, starting from the previous result.
 
@@ -286,7 +300,8 @@ def stylize_scales(
 
         try:
             result = stylize(problem, network, start, optimizer, count, log_every=log_every,
-                             checkpoint_every=checkpoint_every, callback=shifted)
+                             checkpoint_every=checkpoint_every, callback=shifted,
+                             jit_compile=jit_compile)
         except Interrupted as interrupt:
             results.append(_shift(interrupt.result, offset))
             raise Interrupted(_combine(results)) from interrupt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import platform
 import subprocess
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from filelock import FileLock
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
@@ -27,16 +29,71 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
 
 
-def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """The experiment's id, creating it (artifacts beside a SQLite store) when new."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if tracking_uri.startswith("sqlite:///"):
-        store_dir = Path(tracking_uri.removeprefix("sqlite:///")).parent
-        location = (store_dir / "artifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+def experiment_id(tracking_uri: str, name: str) -> str:
+    """The experiment's id, creating the store and the experiment when new.
+
+    Several processes of one sweep may reach a fresh SQLite store at the same moment,
+    and MLflow's schema creation and migration are not safe against that ("table ...
+    already exists", "duplicate column name"), nor is creating the same experiment
+    twice. A file lock beside the database makes the first process open the store
+    (which creates and migrates it) and the experiment while the others wait; call
+    this before anything else touches the store.
+    """
+    database = _sqlite_path(tracking_uri)
+    guard = FileLock(f"{database}.lock") if database else contextlib.nullcontext()
+    if database:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    with guard:
+        client = MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = (database.parent / "artifacts").resolve().as_uri() if database else None
+        return client.create_experiment(name, artifact_location=location)
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith(
+        "sqlite:///") else None
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what decides the result, for the reproduction record."""
+    from importlib.metadata import version
+
+    packages = ("tensorflow", "numpy", "scipy", "pillow", "mlflow", "hydra-core", "omegaconf")
+    return {"python": platform.python_version(), **{name: version(name) for name in packages}}
+
+
+def sweep_tags(sweep_dir: Path, job_number: int, job_overrides: list[str]) -> dict[str, str]:
+    """Tags that group one sweep's runs and carry each run's swept values.
+
+    The sweep id comes from Hydra's sweep directory, which every job of a sweep
+    shares whatever the launcher (separate processes included). The swept keys are
+    those the sweep's command line gave several values, read back from the
+    ``multirun.yaml`` Hydra writes there before the first job starts.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    resolved = sweep_dir.resolve()
+    sweep_id = f"{resolved.parent.name}_{resolved.name}-" + hashlib.sha1(
+        str(resolved).encode()).hexdigest()[:6]
+    tags = {"sweep_id": sweep_id, "sweep.job": str(job_number)}
+    multirun = sweep_dir / "multirun.yaml"
+    swept: set[str] = set()
+    if multirun.is_file():
+        command_line = list(OmegaConf.load(multirun).hydra.overrides.task)
+        parser = OverridesParser.create()
+        swept = {o.key_or_group for o in parser.parse_overrides(command_line)
+                 if o.is_sweep_override()}
+        sweeper_params = OmegaConf.load(multirun).hydra.sweeper.get("params") or {}
+        swept |= set(sweeper_params)
+    for override in job_overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~") in swept:
+            tags[f"sweep.{key.lstrip('+~')}"] = value
+    return tags
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -55,26 +112,14 @@ def environment_tags() -> dict[str, str]:
     """TensorFlow version, the device the step runs on, and the code's git commit."""
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        device = f"GPU: {details.get('device_name', gpus[0].name)}"
-    else:
-        device = f"CPU: {_cpu_name()}"
-    tags = {"tensorflow": tf.__version__, "device": device, "python": platform.python_version()}
+    from style_exp.device import describe
+
+    tags = {"tensorflow": tf.__version__, "device": describe(), "python": platform.python_version()}
     commit = _git(["rev-parse", "HEAD"])
     if commit:
         tags["git_commit"] = commit
         tags["git_dirty"] = str(bool(_git(["status", "--porcelain", "--untracked-files=no"])))
     return tags
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _git(args: list[str]) -> str:
@@ -91,8 +136,7 @@ def tracked_run(tracking_uri: str, experiment: str, run_name: str | None = None,
                 tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that ends FINISHED, FAILED (with the error recorded) or KILLED."""
     mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
-    run = mlflow.start_run(experiment_id=experiment_id(client, experiment, tracking_uri),
+    run = mlflow.start_run(experiment_id=experiment_id(tracking_uri, experiment),
                            run_name=run_name, tags=dict(tags or {}))
     try:
         yield run

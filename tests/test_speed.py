@@ -1,0 +1,80 @@
+"""Precision, XLA, tracing and the work counter behind the speed benchmark."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import gradient_image, stripes_image
+
+from style_exp.config import ConfigError, validate
+from style_exp.losses import LossWeights, loss_terms
+from style_exp.optim import AdamSettings
+from style_exp.stylize import Problem, build_network, compute_targets, stylize
+from style_exp.vgg import VGG19Features
+from style_exp.weights import IMAGENET_MEAN_RGB
+
+LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
+                   {f"relu{i}_1": 0.2 for i in range(1, 6)})
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return Problem(gradient_image(40, 56), [stripes_image(48, 48)], [1.0], LOSS)
+
+
+def _noise(shape):
+    return IMAGENET_MEAN_RGB + np.random.default_rng(0).normal(0, 0.256, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_low_precision_runs_convolutions_low_and_keeps_the_loss(weights, problem, precision):
+    network = build_network(weights, LOSS, "max", precision)
+    features = network(tf.constant(problem.content[None]))
+    assert features["relu4_2"].dtype == tf.as_dtype(precision)
+    # The same image scored by both networks: the loss terms agree within 2%.
+    image = tf.constant((0.5 * problem.content + 0.5 * stripes_image(40, 56))[None])
+    full_network = build_network(weights, LOSS, "max")
+    terms = [loss_terms(net(image), image, compute_targets(net, problem), LOSS)
+             for net in (network, full_network)]
+    for name in ("content", "style", "total"):
+        assert float(terms[0][name]) == pytest.approx(float(terms[1][name]), rel=0.02)
+    assert terms[0]["total"].dtype == tf.float32
+    result = stylize(problem, network, _noise(problem.content.shape), AdamSettings(), 20,
+                     log_every=20)
+    assert result.image.dtype == np.float32
+    assert result.metrics["loss/total"] < 0.5 * result.history[0][1]["loss/total"]
+
+
+def test_xla_step_runs_and_matches(weights, problem):
+    network = build_network(weights, LOSS, "max")
+    init = _noise(problem.content.shape)
+    compiled = stylize(problem, network, init, AdamSettings(), 5, log_every=5, jit_compile=True)
+    plain = stylize(problem, network, init, AdamSettings(), 5, log_every=5)
+    assert compiled.metrics["loss/total"] == pytest.approx(plain.metrics["loss/total"], rel=1e-3)
+
+
+def test_the_step_is_traced_once(weights, problem, monkeypatch):
+    network = build_network(weights, LOSS, "max")
+    traces = []
+    original = VGG19Features.__call__
+    monkeypatch.setattr(VGG19Features, "__call__",
+                        lambda self, images: traces.append(1) or original(self, images))
+    stylize(problem, network, _noise(problem.content.shape), AdamSettings(), 12, log_every=3)
+    # One eager call for the content target, one per style, one trace of the step.
+    assert len(traces) == 1 + len(problem.styles) + 1
+
+
+def test_multiply_adds_by_hand(weights):
+    shallow = VGG19Features(weights, ["relu2_1"], "max")
+    # conv1_1: 8*6*9*3*64, conv1_2: 8*6*9*64*64, pool -> 4x3, conv2_1: 4*3*9*64*128
+    expected = 8 * 6 * 9 * 3 * 64 + 8 * 6 * 9 * 64 * 64 + 4 * 3 * 9 * 64 * 128
+    assert shallow.multiply_adds(8, 6) == expected
+    # Odd sizes round up under SAME pooling: 7x5 -> 4x3.
+    assert shallow.multiply_adds(7, 5) == 7 * 5 * 9 * (3 * 64 + 64 * 64) + 4 * 3 * 9 * 64 * 128
+
+
+def test_precision_and_threads_are_validated(compose_config):
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        validate(compose_config(["precision=int8"]))
+    with pytest.raises(ConfigError, match="threads.intra_op must be non-negative"):
+        validate(compose_config(["threads.intra_op=-1"]))
+    validate(compose_config(["precision=bfloat16", "xla=true", "threads.intra_op=2"]))
