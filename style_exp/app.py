@@ -45,6 +45,9 @@ from style_exp.tracking import (
     sweep_tags,
     tracked_run,
 )
+from style_exp.video import Frame
+from style_exp.video_run import run_clip
+from style_exp.videoio import Clip, is_clip, open_clip
 from style_exp.weights import IMAGENET_MEAN_RGB, load_weights
 
 THUMBNAIL_SIDE = 256
@@ -69,15 +72,16 @@ def apply_demo_defaults(cfg: DictConfig, overridden: Iterable[str]) -> DictConfi
     return cfg
 
 
-def load_inputs(cfg: DictConfig) -> Inputs:
-    """Content and style images at the output's working sizes."""
+def load_inputs(cfg: DictConfig, clip: Clip | None = None) -> Inputs:
+    """Content and style images at the output's working sizes (a clip's first frame)."""
     style_side = max(1, round(cfg.size * cfg.style_scale))
     if cfg.content is None:
         paintings = demo_paintings(style_side, cfg.demo.styles)
         return Inputs(demo_photo(cfg.size), paintings,
                       ["content_demo", *[f"style_demo_{i}" for i in range(len(paintings))]])
     styles = [load_image(path, style_side) for path in style_paths(cfg.style)]
-    return Inputs(load_image(cfg.content, cfg.size), styles,
+    content = next(clip.frames()) if clip else load_image(cfg.content, cfg.size)
+    return Inputs(content, styles,
                   ["content", *[f"style_{i}" for i in range(len(styles))]])
 
 
@@ -96,6 +100,17 @@ def initial_image(cfg: DictConfig, content: np.ndarray, styles: list[np.ndarray]
     }[cfg.init.kind]()
     ratio = cfg.init.noise_ratio
     return ((1.0 - ratio) * start + ratio * noise).astype(np.float32)
+
+
+def frame_start(cfg: DictConfig,
+                styles: list[np.ndarray]) -> Callable[[int, np.ndarray], np.ndarray]:
+    """Where an independent video frame starts: the configured init, seeded per frame."""
+
+    def start(index: int, frame: np.ndarray) -> np.ndarray:
+        content = color.prepare(frame, [], cfg.color)[0]
+        return initial_image(cfg, content, styles, np.random.default_rng([cfg.seed, index]))
+
+    return start
 
 
 def loss_weights(cfg: DictConfig) -> LossWeights:
@@ -159,7 +174,8 @@ def run_hydra_job(cfg: DictConfig) -> Path:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         tags = sweep_tags(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, overrides)
     run(cfg, output_dir, overrides, tags)
-    return output_dir / "output.png"
+    video = output_dir / "output.mp4"
+    return video if video.is_file() else output_dir / "output.png"
 
 
 def input_files(cfg: DictConfig) -> dict[str, str]:
@@ -174,8 +190,8 @@ def input_files(cfg: DictConfig) -> dict[str, str]:
 
 
 def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
-        tags: dict[str, str] | None = None) -> Result:
-    """Run one configured stylisation, tracked in MLflow; returns the loop's result."""
+        tags: dict[str, str] | None = None) -> Result | list[Frame]:
+    """Run one configured stylisation, tracked in MLflow: an image, or a clip's frames."""
     started = time.perf_counter()
     overridden = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
     cfg = apply_demo_defaults(cfg, overridden)
@@ -189,11 +205,15 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
         mlflow.log_text("\n".join(overrides) + "\n", "overrides.txt")
         validate(cfg)
         scales, scale_iterations = scale_plan(cfg)
+        clip = None
+        if cfg.content is not None and is_clip(cfg.content):
+            video = cfg.video
+            clip = open_clip(cfg.content, cfg.size, video.stride, video.max_frames, video.fps)
         if cfg.determinism:
             tf.config.experimental.enable_op_determinism()
         rng = np.random.default_rng(cfg.seed)
         tf.random.set_seed(cfg.seed)
-        inputs = load_inputs(cfg)
+        inputs = load_inputs(cfg, clip)
         record = reproduction_record(cfg, overrides)
         for label, image in zip(inputs.labels, [inputs.content, *inputs.styles], strict=True):
             thumbnail = save_image(_thumbnail(image), output_dir / "inputs" / f"{label}.jpg")
@@ -207,6 +227,12 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
         problem_at = problem_factory(content, styles,
                                      blend_weights(cfg.style_weights, len(styles)), loss)
         network = build_network(weights, loss, cfg.model.pooling, cfg.precision)
+        if clip is not None:
+            hashes = {name: entry["sha256"] for name, entry in record["inputs"].items()}
+            return run_clip(cfg, clip, inputs.styles,
+                            blend_weights(cfg.style_weights, len(styles)), loss, network,
+                            optimizer_settings(cfg), frame_start(cfg, styles), output_dir, uri,
+                            hashes)
         logger = MetricsLogger(active.info.run_id, uri)
         bar = ProgressBar(sum(scale_iterations), cfg.progress)
         first_step: list[float] = []

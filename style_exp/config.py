@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig
 
 from style_exp.color import COLOR_MODES
+from style_exp.videoio import is_clip
 from style_exp.weights import POOLING, PRECISIONS, VGG19_LAYERS
 
 INIT_KINDS = ("noise", "content", "style", "image")
@@ -74,6 +75,21 @@ class InitConfig:
 
 
 @dataclass
+class VideoConfig:
+    """Used when ``content`` is a video file or a directory of frames."""
+
+    init: str = "flow"  # independent | previous | flow
+    temporal_weight: float = 10000.0  # temporal loss weight (init=flow)
+    first_frame_iterations: int | None = None  # default: iterations
+    frame_iterations: int = 150
+    max_frames: int = 0  # 0 = all
+    stride: int = 1  # use every stride-th frame
+    fps: float | None = None  # of the output; default: the input's / stride
+    flow: str = "dis"  # dis | farneback (OpenCV)
+    resume: bool = False  # reuse the frames of an earlier run with the same config
+
+
+@dataclass
 class TrackingConfig:
     uri: str | None = None  # default: sqlite:///<cwd>/runs/mlflow.db
     experiment: str = "style_exp"
@@ -117,6 +133,7 @@ class Config:
     loss: LossConfig = MISSING
     optimizer: Any = MISSING  # AdamConfig or LBFGSConfig, chosen by the optimizer group
     init: InitConfig = MISSING
+    video: VideoConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -130,6 +147,7 @@ def register_schemas() -> None:
     store.store(group="optimizer", name="adam_schema", node=AdamConfig)
     store.store(group="optimizer", name="lbfgs_schema", node=LBFGSConfig)
     store.store(group="init", name="init_schema", node=InitConfig)
+    store.store(group="video", name="video_schema", node=VideoConfig)
 
 
 def style_paths(style: Any) -> list[str]:
@@ -231,12 +249,35 @@ def validate(cfg: DictConfig | Config) -> None:
     if cfg.color not in COLOR_MODES:
         raise ConfigError(f"color must be one of {COLOR_MODES}, got {cfg.color!r}")
     scale_plan(cfg)
+    _validate_video(cfg)
     styles = style_paths(cfg.style)
     if (cfg.content is None) != (not styles):
         raise ConfigError("give both content=FILE and style=FILE (or neither, for the demo)")
     if cfg.demo.styles not in (1, 2):
         raise ConfigError(f"demo.styles must be 1 or 2, got {cfg.demo.styles}")
     blend_weights(cfg.style_weights, len(styles) if styles else cfg.demo.styles)
+
+
+def _validate_video(cfg: DictConfig | Config) -> None:
+    from style_exp.flow import FLOW_METHODS
+    from style_exp.video import VIDEO_INITS
+
+    video = cfg.video
+    if video.init not in VIDEO_INITS:
+        raise ConfigError(f"video.init must be one of {VIDEO_INITS}, got {video.init!r}")
+    if video.flow not in FLOW_METHODS:
+        raise ConfigError(f"video.flow must be one of {FLOW_METHODS}, got {video.flow!r}")
+    _non_negative("video.temporal_weight", video.temporal_weight)
+    if video.first_frame_iterations is not None:
+        _positive("video.first_frame_iterations", video.first_frame_iterations)
+    _positive("video.frame_iterations", video.frame_iterations)
+    _non_negative("video.max_frames", video.max_frames)
+    _positive("video.stride", video.stride)
+    if video.fps is not None:
+        _positive("video.fps", video.fps)
+    if cfg.content is not None and cfg.scales and is_clip(cfg.content):
+        raise ConfigError("scales (coarse-to-fine) applies to still images; for a video use "
+                          "video.first_frame_iterations and video.frame_iterations")
 
 
 def _validate_optimizer(optimizer: DictConfig) -> None:

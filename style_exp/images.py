@@ -94,8 +94,17 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file's bytes: how runs record exactly which input they used."""
+    """The sha256 of a file's bytes: how runs record exactly which input they used.
+
+    For a directory (of video frames) it hashes every file's name and digest, in
+    name order.
+    """
+    path = Path(path)
     digest = hashlib.sha256()
+    if path.is_dir():
+        for child in sorted(p for p in path.iterdir() if p.is_file()):
+            digest.update(f"{child.name}\0{file_sha256(child)}\n".encode())
+        return digest.hexdigest()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)

@@ -7,9 +7,11 @@ follow the code (see README, "Deviations"):
     G_l     = F_l^T F_l / (H * W * C)            for F_l reshaped to (H*W, C)
     style   = w_s * sum_s b_s * sum_l lambda_l * mean((G_l(x) - G_l(s))^2)
     tv      = w_tv * (mean(dy^2) + mean(dx^2))
+    temporal = w_t * mean(c * (x - w)^2)       (video only, Ruder et al. 2016)
 
-where a_l and lambda_l are per-layer weights summing to 1 and b_s the blend weights
-of the style images, also summing to 1.
+where a_l and lambda_l are per-layer weights summing to 1, b_s the blend weights
+of the style images, also summing to 1, w the previous stylised frame warped onto
+this one and c the mask of pixels where that warp can be trusted.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def total_variation_loss(image: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.square(dy)) + tf.reduce_mean(tf.square(dx))
 
 
+def temporal_loss(image: tf.Tensor, warped: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean squared deviation from the warped previous frame where the warp is trusted."""
+    return tf.reduce_mean(mask * tf.square(image - warped))
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """How much each term and layer counts; layer weights are already normalised."""
@@ -53,6 +60,7 @@ class LossWeights:
     tv: float
     content_layers: dict[str, float]
     style_layers: dict[str, float]
+    temporal: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -62,11 +70,14 @@ class Targets:
     content: dict[str, tf.Tensor]
     # One (blend weight, {layer: Gram}) pair per style image.
     style_grams: list[tuple[float, dict[str, tf.Tensor]]]
+    # Video: the previous stylised frame warped onto this one, (1, H, W, 3), and the
+    # mask of trusted pixels, (1, H, W, 1).
+    temporal: tuple[tf.Tensor, tf.Tensor] | None = None
 
 
 def loss_terms(features: dict[str, tf.Tensor], image: tf.Tensor, targets: Targets,
                weights: LossWeights) -> dict[str, tf.Tensor]:
-    """The weighted content, style and TV terms of one image, and their total."""
+    """The weighted content, style, TV (and, for video, temporal) terms, and their total."""
     content = sum(
         a * content_loss(tf.cast(features[layer], tf.float32), targets.content[layer])
         for layer, a in weights.content_layers.items()
@@ -82,5 +93,7 @@ def loss_terms(features: dict[str, tf.Tensor], image: tf.Tensor, targets: Target
         "style": weights.style * style,
         "tv": weights.tv * total_variation_loss(image),
     }
-    terms["total"] = terms["content"] + terms["style"] + terms["tv"]
+    if targets.temporal is not None:
+        terms["temporal"] = weights.temporal * temporal_loss(image, *targets.temporal)
+    terms["total"] = tf.add_n(list(terms.values()))
     return terms

@@ -46,7 +46,7 @@ def check_inputs(record: dict) -> None:
     """Refuse before running when an input file is missing or not the one recorded."""
     for name, entry in record["inputs"].items():
         path = Path(entry["path"])
-        if not path.is_file():
+        if not path.exists():
             raise ReproduceError(f"input {name} ({path}) is missing")
         digest = file_sha256(path)
         if digest != entry["sha256"]:

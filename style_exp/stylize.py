@@ -33,6 +33,8 @@ class Problem:
     styles: list[np.ndarray]
     style_blend: list[float]
     loss: LossWeights
+    # Video: (previous stylised frame warped onto this one, mask of trusted pixels).
+    temporal: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,13 @@ def compute_targets(network: VGG19Features, problem: Problem) -> Targets:
         features = network(tf.constant(style[None], tf.float32))
         style_grams.append((blend, {layer: gram_matrix(features[layer])
                                     for layer in problem.loss.style_layers}))
+    temporal = None
+    if problem.temporal is not None:
+        warped, mask = problem.temporal
+        temporal = (tf.constant(warped[None], tf.float32),
+                    tf.constant(mask[None, ..., None], tf.float32))
     return Targets({layer: tf.cast(content[layer], tf.float32)
-                    for layer in problem.loss.content_layers}, style_grams)
+                    for layer in problem.loss.content_layers}, style_grams, temporal)
 
 
 class _Reporter:

@@ -1,0 +1,269 @@
+"""Video: clip I/O, optical flow and warping, the three frame modes, resume and bad clips."""
+
+import subprocess
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from conftest import stripes_image
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from style_exp import app, video
+from style_exp.config import ConfigError, validate
+from style_exp.flow import consistency_mask, optical_flow, temporal_error, warp
+from style_exp.images import to_uint8
+from style_exp.losses import LossWeights
+from style_exp.optim import AdamSettings
+from style_exp.stylize import Problem, build_network
+from style_exp.video import FrameStore, VideoSettings, stylize_video
+from style_exp.videoio import VideoError, open_clip, write_video
+from style_exp.weights import IMAGENET_MEAN_RGB
+
+LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
+                   {f"relu{i}_1": 0.2 for i in range(1, 6)})
+HEIGHT, WIDTH = 32, 40
+
+
+def scene(width: int = 96) -> np.ndarray:
+    """A wide picture to pan across, textured in both directions so flow is well posed."""
+    rng = np.random.default_rng(3)
+    blobs = cv2.GaussianBlur(rng.uniform(0, 255, (HEIGHT, width, 3)).astype(np.float32),
+                             (0, 0), 1.5)
+    return (blobs - blobs.min()) / (blobs.max() - blobs.min()) * 255
+
+
+def pan(frames: int, pixels_per_frame: int) -> list[np.ndarray]:
+    """Camera moving right: the picture moves left by ``pixels_per_frame`` each frame."""
+    picture = scene()
+    return [picture[:, t * pixels_per_frame:t * pixels_per_frame + WIDTH] for t in range(frames)]
+
+
+def static(frames: int) -> list[np.ndarray]:
+    """The same frame with a little sensor noise."""
+    rng = np.random.default_rng(1)
+    frame = scene()[:, :WIDTH]
+    return [np.clip(frame + rng.normal(0, 2, frame.shape), 0, 255).astype(np.float32)
+            for _ in range(frames)]
+
+
+def tone(path, seconds: float = 2.0):
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    subprocess.run([exe, "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                    f"sine=frequency=440:duration={seconds}", str(path)], check=True)
+    return path
+
+
+def test_video_round_trip_keeps_frames_fps_and_sound(tmp_path):
+    frames = pan(6, 2)
+    sound = tone(tmp_path / "tone.m4a")
+    path = write_video(frames, tmp_path / "clip.mp4", fps=12, audio_from=sound)
+    clip = open_clip(path, longest_side=WIDTH)
+    assert (clip.count, clip.fps, clip.size, clip.has_audio) == (6, 12.0, (WIDTH, HEIGHT), True)
+    read = list(clip.frames())
+    assert len(read) == 6
+    assert np.mean(np.abs(read[3] - frames[3])) < 8  # H.264 is lossy, but close
+    strided = open_clip(path, longest_side=20, stride=2, max_frames=2)
+    assert (strided.count, strided.fps, strided.size) == (2, 6.0, (20, 16))
+    assert len(list(strided.frames())) == 2
+    again = write_video(read, tmp_path / "again.mp4", fps=12, audio_from=path)
+    assert open_clip(again, WIDTH).has_audio
+    assert not open_clip(write_video(read, tmp_path / "mute.mp4", fps=12), WIDTH).has_audio
+
+
+def test_frames_directory_is_read_in_natural_order(tmp_path):
+    frames = [to_uint8(frame) for frame in pan(11, 1)]
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / f"f{index}.png")
+    clip = open_clip(tmp_path, longest_side=WIDTH, fps=5)
+    assert (clip.count, clip.fps, clip.has_audio) == (11, 5.0, False)
+    assert [p.name for p in clip.frame_files][:3] == ["f0.png", "f1.png", "f2.png"]
+    assert np.array_equal(list(clip.frames())[10], frames[10])
+
+
+@pytest.mark.parametrize("method", ["dis", "farneback"])
+def test_flow_recovers_a_translation(method):
+    picture = scene()
+    previous, current = picture[:, 10:10 + WIDTH], picture[:, 13:13 + WIDTH]
+    backward = optical_flow(current, previous, method)  # where frame t's pixels were
+    inner = backward[4:-4, 4:-8]
+    assert np.median(inner[..., 0]) == pytest.approx(3.0, abs=0.3)
+    assert np.median(np.abs(inner[..., 1])) < 0.3
+
+
+def test_warp_and_mask_on_known_motion():
+    picture = scene()
+    previous, current = picture[:, 10:10 + WIDTH], picture[:, 13:13 + WIDTH]
+    backward = np.zeros((HEIGHT, WIDTH, 2), np.float32)
+    backward[..., 0] = 3.0
+    forward = -backward
+    warped = warp(previous, backward)
+    mask = consistency_mask(forward, backward)
+    # The 3 rightmost columns of frame t were outside frame t-1: not trusted.
+    assert mask[:, -3:].max() == 0 and mask[:, :-4].min() == 1
+    assert np.abs(warped - current)[:, :-3].max() < 1e-3
+    assert temporal_error(current, warped, mask) < 1e-3
+    # A pixel whose flows do not undo each other (occlusion) is not trusted.
+    forward[10, 10] = (8.0, 8.0)
+    assert consistency_mask(forward, backward)[10, 7] == 0
+
+
+@pytest.fixture(scope="module")
+def network(weights):
+    return build_network(weights, LOSS, "max")
+
+
+def _mean_temporal_error(frames, mode, network, tmp_path, iterations=(40, 12)):
+    style = stripes_image(40, 40)
+    settings = VideoSettings(init=mode, temporal_weight=10000.0,
+                             first_frame_iterations=iterations[0],
+                             frame_iterations=iterations[1])
+
+    def start(index, frame):
+        rng = np.random.default_rng(index)
+        return (IMAGENET_MEAN_RGB + rng.normal(0, 0.256, frame.shape)).astype(np.float32)
+
+    done = stylize_video(frames, lambda f: Problem(f, [style], [1.0], LOSS), lambda i, f: i,
+                         start, network, AdamSettings(), settings,
+                         FrameStore(tmp_path / mode))
+    assert [f.index for f in done] == list(range(len(frames)))
+    errors = [f.metrics["video/temporal_error"] for f in done[1:]]
+    return float(np.mean(errors))
+
+
+def test_warm_start_steadies_a_static_clip(network, tmp_path):
+    frames = static(3)
+    independent = _mean_temporal_error(frames, "independent", network, tmp_path)
+    previous = _mean_temporal_error(frames, "previous", network, tmp_path)
+    assert previous < 0.6 * independent
+
+
+def test_flow_follows_a_pan_better_than_warm_start(network, tmp_path):
+    frames = pan(3, 3)
+    previous = _mean_temporal_error(frames, "previous", network, tmp_path)
+    flow = _mean_temporal_error(frames, "flow", network, tmp_path)
+    assert flow < 0.6 * previous
+
+
+def test_temporal_loss_counts_only_trusted_pixels(network, tmp_path):
+    frames = pan(2, 3)
+    store = FrameStore(tmp_path)
+    settings = VideoSettings(init="flow", temporal_weight=1.0, first_frame_iterations=2,
+                             frame_iterations=2)
+    done = stylize_video(frames, lambda f: Problem(f, [stripes_image(40, 40)], [1.0], LOSS),
+                         lambda i, f: i, lambda i, f: f, network, AdamSettings(), settings,
+                         store)
+    assert "loss/temporal" not in done[0].metrics and done[1].metrics["loss/temporal"] > 0
+    assert 0.7 < done[1].metrics["video/trusted_fraction"] < 1.0
+
+
+@pytest.fixture
+def clip_inputs(tmp_path):
+    style = tmp_path / "style.png"
+    Image.fromarray(stripes_image(40, 40).astype(np.uint8)).save(style)
+    clip = write_video(pan(4, 2), tmp_path / "clip.mp4", fps=8,
+                       audio_from=tone(tmp_path / "tone.m4a"))
+    return clip, style
+
+
+def _clip_run(compose_config, tmp_path, clip, style, extra=(), out="out"):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [f"content={clip}", f"style={style}", "size=40", "iterations=20",
+                 "video.frame_iterations=5", f"tracking.uri={uri}", "progress=false", *extra]
+    cfg = compose_config(overrides)
+    return uri, lambda: app.run(cfg, tmp_path / out, overrides)
+
+
+def _runs(uri):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("style_exp")
+    return client, client.search_runs([experiment.experiment_id],
+                                      order_by=["attributes.start_time ASC"])
+
+
+def test_video_run_is_tracked_and_resumes_after_an_interruption(compose_config, tmp_path,
+                                                                clip_inputs, monkeypatch):
+    clip, style = clip_inputs
+    calls = []
+    original = video.stylize
+
+    def interrupted_at_frame_2(*args, **kwargs):
+        calls.append(args[0].content.shape)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(video, "stylize", interrupted_at_frame_2)
+    uri, first = _clip_run(compose_config, tmp_path, clip, style, out="first")
+    with pytest.raises(KeyboardInterrupt):
+        first()
+    assert sorted(p.name for p in (tmp_path / "first" / "frames").iterdir()) == [
+        "000000.png", "000001.png"]
+    assert not (tmp_path / "first" / "output.mp4").exists()
+
+    calls.clear()
+    monkeypatch.setattr(video, "stylize", lambda *a, **k: calls.append(1) or original(*a, **k))
+    _, second = _clip_run(compose_config, tmp_path, clip, style, ["video.resume=true"], "second")
+    frames = second()
+    assert len(calls) == 2 and len(frames) == 4  # frames 0 and 1 were not redone
+
+    client, (killed, finished) = _runs(uri)
+    assert killed.info.status == "KILLED" and finished.info.status == "FINISHED"
+    assert finished.data.tags["video.reused_frames"] == "2"
+    assert finished.data.tags["video.key"] == killed.data.tags["video.key"]
+    errors = client.get_metric_history(finished.info.run_id, "video/temporal_error")
+    assert [m.step for m in errors] == [1, 2, 3]
+    assert finished.data.metrics["video/temporal_error_mean"] > 0
+    assert finished.data.metrics["time/per_frame_s"] > 0
+    artifacts = {a.path for a in client.list_artifacts(finished.info.run_id)}
+    assert {"output.mp4", "preview.gif", "output.png", "frames"} <= artifacts
+    result = open_clip(tmp_path / "second" / "output.mp4", 40)
+    assert (result.count, result.fps, result.has_audio) == (4, 8.0, True)
+
+
+def test_bad_clips_fail_clearly(tmp_path):
+    silent = tone(tmp_path / "silent.mp4")  # sound only: no video frames
+    with pytest.raises(VideoError, match="silent.mp4"):
+        open_clip(silent, 40)
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video at all")
+    with pytest.raises(VideoError, match="cannot read video .*garbage.mp4"):
+        open_clip(garbage, 40)
+    with pytest.raises(VideoError, match="video not found"):
+        open_clip(tmp_path / "missing.mp4", 40)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.new("RGB", (40, 32)).save(mixed / "0001.png")
+    Image.new("RGB", (40, 30)).save(mixed / "0002.png")
+    with pytest.raises(VideoError, match=r"differ in size: 0001.png is 40x32 but 0002.png"):
+        open_clip(mixed, 40)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VideoError, match="has no images"):
+        open_clip(empty, 40)
+
+
+def test_bad_clip_fails_the_run_before_any_work(compose_config, tmp_path, clip_inputs):
+    _, style = clip_inputs
+    garbage = tmp_path / "broken.mov"
+    garbage.write_bytes(b"\x00" * 64)
+    uri, run = _clip_run(compose_config, tmp_path, garbage, style)
+    with pytest.raises(VideoError, match="broken.mov"):
+        run()
+    _, (record,) = _runs(uri)
+    assert record.info.status == "FAILED" and "broken.mov" in record.data.tags["error"]
+    assert "weights_sha256" not in record.data.tags  # failed before loading the network
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("video.init=warp", "video.init must be one of"),
+    ("video.stride=0", "video.stride must be positive"),
+    ("video.flow=lucas", "video.flow must be one of"),
+    ("scales=[20,40]", "scales \\(coarse-to-fine\\) applies to still images"),
+])
+def test_video_settings_are_checked_by_name(compose_config, clip_inputs, override, message):
+    clip, style = clip_inputs
+    cfg = compose_config([f"content={clip}", f"style={style}", "size=40", override])
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
