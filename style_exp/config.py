@@ -82,6 +82,7 @@ class VideoConfig:
     temporal_weight: float = 10000.0  # temporal loss weight (init=flow)
     first_frame_iterations: int | None = None  # default: iterations
     frame_iterations: int = 150
+    frame_lr: float | None = 3.0  # Adam's lr for warm-started frames; null: optimizer.lr
     max_frames: int = 0  # 0 = all
     stride: int = 1  # use every stride-th frame
     fps: float | None = None  # of the output; default: the input's / stride
@@ -271,6 +272,8 @@ def _validate_video(cfg: DictConfig | Config) -> None:
     if video.first_frame_iterations is not None:
         _positive("video.first_frame_iterations", video.first_frame_iterations)
     _positive("video.frame_iterations", video.frame_iterations)
+    if video.frame_lr is not None:
+        _positive("video.frame_lr", video.frame_lr)
     _non_negative("video.max_frames", video.max_frames)
     _positive("video.stride", video.stride)
     if video.fps is not None:

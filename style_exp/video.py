@@ -26,6 +26,7 @@ import numpy as np
 
 from style_exp.flow import consistency_mask, optical_flow, temporal_error, warp
 from style_exp.images import load_image, save_image
+from style_exp.optim import AdamSettings
 from style_exp.stylize import Optimizer, Problem, stylize
 from style_exp.vgg import VGG19Features
 
@@ -39,6 +40,10 @@ class VideoSettings:
     first_frame_iterations: int = 500
     frame_iterations: int = 150
     flow_method: str = "dis"  # dis | farneback
+    # Adam's learning rate for frames started from the previous one (None: the
+    # optimiser's). Such a frame is already near its optimum, and Adam's first steps
+    # move every pixel by about lr whatever the gradient, re-randomising the texture.
+    frame_lr: float | None = 3.0
 
 
 @dataclass(frozen=True)
@@ -136,9 +141,17 @@ class Motion:
         forward = optical_flow(previous, current, method)
         return cls(backward, consistency_mask(forward, backward))
 
-    def carry(self, previous_output: np.ndarray) -> np.ndarray:
-        """The previous stylised frame moved onto the current one."""
-        return warp(previous_output, self.backward)
+    def carry(self, previous_output: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
+        """The previous stylised frame moved onto the current one.
+
+        With ``fill``, untrusted pixels (newly uncovered, or from outside the frame)
+        are taken from it instead: warping would smear edge pixels into them.
+        """
+        warped = warp(previous_output, self.backward)
+        if fill is None:
+            return warped
+        mask = self.mask[..., None]
+        return (mask * warped + (1.0 - mask) * fill).astype(np.float32)
 
 
 def stylize_video(
@@ -195,17 +208,18 @@ def _stylize_frame(index: int, current: np.ndarray, motion: Motion | None,
                    network: VGG19Features, optimizer: Optimizer, settings: VideoSettings,
                    jit_compile: bool) -> Frame:
     problem = problem_for(current)
+    iterations = settings.first_frame_iterations if index == 0 else settings.frame_iterations
     if previous is None or motion is None or settings.init == "independent":
         init = start_image(index, current)
-    elif settings.init == "previous":
-        init = previous.working
     else:
-        init = motion.carry(previous.working)
-        if settings.temporal_weight > 0:
+        init = previous.working if settings.init == "previous" else motion.carry(
+            previous.working, fill=problem.content)
+        if settings.init == "flow" and settings.temporal_weight > 0:
             problem = dataclasses.replace(
                 problem, temporal=(init, motion.mask),
                 loss=dataclasses.replace(problem.loss, temporal=settings.temporal_weight))
-    iterations = settings.first_frame_iterations if index == 0 else settings.frame_iterations
+        if settings.frame_lr is not None and isinstance(optimizer, AdamSettings):
+            optimizer = dataclasses.replace(optimizer, lr=settings.frame_lr)
     result = stylize(problem, network, init, optimizer, iterations, log_every=iterations,
                      jit_compile=jit_compile)
     return Frame(index, finish(result.image, current), result.image, dict(result.metrics))

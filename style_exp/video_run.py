@@ -63,7 +63,8 @@ def settings_from(cfg: DictConfig) -> VideoSettings:
     return VideoSettings(
         init=video.init, temporal_weight=video.temporal_weight,
         first_frame_iterations=video.first_frame_iterations or cfg.iterations,
-        frame_iterations=video.frame_iterations, flow_method=video.flow)
+        frame_iterations=video.frame_iterations, flow_method=video.flow,
+        frame_lr=video.frame_lr)
 
 
 class FrameLogger:
