@@ -224,13 +224,13 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
         mlflow.set_tag("weights_sha256", weights.sha256)
         mlflow.log_dict({**record, "weights_sha256": weights.sha256}, "reproduce.json")
         loss = loss_weights(cfg)
-        problem_at = problem_factory(content, styles,
-                                     blend_weights(cfg.style_weights, len(styles)), loss)
+        blend = blend_weights(cfg.style_weights, len(styles))
+        problem_at = problem_factory(content, styles, blend, loss)
         network = build_network(weights, loss, cfg.model.pooling, cfg.precision)
         if clip is not None:
             hashes = {name: entry["sha256"] for name, entry in record["inputs"].items()}
             return run_clip(cfg, clip, inputs.styles,
-                            blend_weights(cfg.style_weights, len(styles)), loss, network,
+                            blend, loss, network,
                             optimizer_settings(cfg), frame_start(cfg, styles), output_dir, uri,
                             hashes)
         logger = MetricsLogger(active.info.run_id, uri)
@@ -270,13 +270,14 @@ def reproduction_record(cfg: DictConfig, overrides: list[str]) -> dict[str, obje
 
     The hashes are also tags (``input_sha256.<name>``) so the UI can show them.
     """
-    hashes = {name: file_sha256(path) for name, path in input_files(cfg).items()}
+    files = input_files(cfg)
+    hashes = {name: file_sha256(path) for name, path in files.items()}
     versions = library_versions()
     mlflow.set_tags({f"input_sha256.{name}": digest for name, digest in hashes.items()})
     mlflow.set_tags({f"version.{name}": value for name, value in versions.items()})
     return {
         "overrides": overrides,
-        "inputs": {name: {"path": str(Path(input_files(cfg)[name]).resolve()), "sha256": digest}
+        "inputs": {name: {"path": str(Path(files[name]).resolve()), "sha256": digest}
                    for name, digest in hashes.items()},
         "versions": versions,
         "seed": cfg.seed,

@@ -179,12 +179,12 @@ def stylize_video(
     previous_input: np.ndarray | None = None
     for index, current in enumerate(frames):
         started = time.perf_counter()
-        motion = None
-        if previous_input is not None:
-            motion = Motion.between(previous_input, current, settings.flow_method)
         frame = store.load(index)
         reused = frame is not None
         if frame is None:
+            motion = None  # the flow is needed only for frames still to be made
+            if previous_input is not None:
+                motion = Motion.between(previous_input, current, settings.flow_method)
             frame = _stylize_frame(index, current, motion, done[-1] if done else None,
                                    problem_for, finish, start_image, network, optimizer,
                                    settings, jit_compile)
