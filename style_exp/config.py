@@ -59,9 +59,9 @@ class AdamConfig:
 @dataclass
 class LBFGSConfig:
     name: str = "lbfgs"
-    history_size: int = 20  # corrections kept (SciPy's maxcor)
-    max_line_search: int = 20  # line-search steps per iteration (SciPy's maxls)
-    max_evaluations_per_iteration: float = 1.5  # loss/gradient evaluation budget
+    history_size: int = 20  # (step, gradient change) pairs kept
+    smoothing: float = 2.0  # preconditioner strength lambda (px^2); 0: plain L-BFGS
+    max_line_search: int = 20  # step halvings before an iteration gives up
     ftol: float = 0.0  # stop when the relative loss change falls below this
     gtol: float = 0.0  # stop when the projected gradient falls below this
 
@@ -301,9 +301,7 @@ def _validate_optimizer(optimizer: DictConfig) -> None:
     elif optimizer.name == "lbfgs":
         _positive("optimizer.history_size", optimizer.history_size)
         _positive("optimizer.max_line_search", optimizer.max_line_search)
-        if optimizer.max_evaluations_per_iteration < 1:
-            raise ConfigError("optimizer.max_evaluations_per_iteration must be at least 1, got "
-                              f"{optimizer.max_evaluations_per_iteration}")
+        _non_negative("optimizer.smoothing", optimizer.smoothing)
         _non_negative("optimizer.ftol", optimizer.ftol)
         _non_negative("optimizer.gtol", optimizer.gtol)
     else:

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
-from scipy.optimize import Bounds, minimize
 
 from style_exp.images import resize
 from style_exp.losses import LossWeights, Targets, gram_matrix, loss_terms
-from style_exp.optim import Adam, AdamSettings, LBFGSSettings
+from style_exp.optim import LBFGS, PIXEL_RANGE, Adam, AdamSettings, LBFGSSettings, free_pixels
 from style_exp.vgg import VGG19Features
 from style_exp.weights import VGGWeights
 
 Optimizer = AdamSettings | LBFGSSettings
+ARMIJO = 1e-4  # the fraction of the predicted decrease a step must achieve
 
 
 @dataclass(frozen=True)
@@ -188,10 +188,7 @@ def _run_adam(problem: Problem, network: VGG19Features, targets: Targets, init: 
     # No data-dependent Python control flow inside: AutoGraph has nothing to convert.
     @tf.function(jit_compile=jit_compile, autograph=False)
     def step() -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        with tf.GradientTape() as tape:
-            terms = loss_terms(network(image), image, targets, problem.loss)
-            scaled = terms["total"] * network.gradient_scale
-        gradient = tape.gradient(scaled, image) / network.gradient_scale
+        terms, gradient = _loss_and_gradient(network, image, targets, problem.loss)
         improved = terms["total"] < best_loss
         best_loss.assign(tf.where(improved, terms["total"], best_loss))
         best_image.assign(tf.where(improved, image, best_image))
@@ -211,66 +208,113 @@ def _run_adam(problem: Problem, network: VGG19Features, targets: Targets, init: 
     return reporter.result(best_image.numpy()[0], False)
 
 
+def _loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Targets,
+                       loss: LossWeights) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """The loss terms at ``image`` and the gradient of their total.
+
+    The loss is scaled by ``network.gradient_scale`` while differentiating so
+    float16 gradients stay in range.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(image)
+        terms = loss_terms(network(image), image, targets, loss)
+        scaled = terms["total"] * network.gradient_scale
+    return terms, tape.gradient(scaled, image) / network.gradient_scale
+
+
 def _run_lbfgs(problem: Problem, network: VGG19Features, targets: Targets, init: np.ndarray,
                settings: LBFGSSettings, iterations: int, reporter: _Reporter,
                jit_compile: bool) -> Result:
-    shape = (1, *init.shape)
+    """L-BFGS with a backtracking (Armijo) line search, every tensor kept on the device.
 
-    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)], jit_compile=jit_compile,
-                 autograph=False)
-    def evaluate(image: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        with tf.GradientTape() as tape:
-            tape.watch(image)
-            terms = loss_terms(network(image), image, targets, problem.loss)
-            scaled = terms["total"] * network.gradient_scale
-        return terms, tape.gradient(scaled, image) / network.gradient_scale
+    Each iteration tries the full step first (almost always accepted) and halves it
+    until the loss falls enough; the host reads one flag per evaluation. A line search
+    that fails clears the memory and retries along the preconditioned gradient; if
+    that fails too, the loss cannot fall any further in float32 and the run stops.
+    Accepted steps only ever lower the loss, so the current image is the best one.
+    """
+    image = tf.Variable(np.clip(init, *PIXEL_RANGE)[None].astype(np.float32), name="image")
+    lbfgs = LBFGS(tuple(image.shape), settings)
+    gradient, direction = tf.Variable(tf.zeros_like(image)), tf.Variable(tf.zeros_like(image))
+    loss = tf.Variable(math.inf)
+    evaluate = tf.function(lambda x: _loss_and_gradient(network, x, targets, problem.loss),
+                           jit_compile=jit_compile, autograph=False)
 
-    state = {"evaluations": 0, "iteration": 0, "best_loss": math.inf,
-             "best": np.clip(init, 0, 255).astype(np.float32), "last_x": None, "last": {}}
+    @tf.function(autograph=False)
+    def start() -> None:
+        terms, first_gradient = evaluate(tf.identity(image))
+        loss.assign(terms["total"])
+        gradient.assign(first_gradient)
+        direction.assign(lbfgs.direction(image, first_gradient))
 
-    def loss_and_gradient(x: np.ndarray) -> tuple[float, np.ndarray]:
-        terms, gradient = evaluate(tf.constant(x.reshape(shape), tf.float32))
-        values = {f"loss/{name}": float(value) for name, value in terms.items()}
-        state["evaluations"] += 1
-        state["last_x"], state["last"] = x.copy(), values
-        if values["loss/total"] < state["best_loss"]:
-            state["best_loss"], state["best"] = values["loss/total"], x.reshape(init.shape).astype(
-                np.float32)
-        return values["loss/total"], gradient.numpy().ravel().astype(np.float64)
+    @tf.function(autograph=False)
+    def restart() -> None:
+        lbfgs.forget()
+        direction.assign(lbfgs.direction(image, gradient))
 
-    def on_iteration(x: np.ndarray) -> None:
-        state["iteration"] += 1
-        i = state["iteration"]
-        if not reporter.wants(i):
-            return
-        if not np.array_equal(state["last_x"], x):
-            loss_and_gradient(x)  # rare: the accepted point was not the last one evaluated
-        metrics = {**state["last"], "lbfgs/evaluations": float(state["evaluations"])}
-        reporter.report(i, metrics, lambda: x.reshape(init.shape).astype(np.float32))
+    @tf.function(autograph=False)
+    def try_step(step_size: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+        candidate = tf.clip_by_value(image + step_size * direction, *PIXEL_RANGE)
+        terms, new_gradient = evaluate(candidate)
+        sufficient = terms["total"] <= loss + ARMIJO * tf.reduce_sum(
+            gradient * (candidate - image))
 
-    x0 = np.clip(init, 0.0, 255.0).astype(np.float64).ravel()
+        def accept() -> tf.Tensor:
+            lbfgs.remember(candidate - image, new_gradient - gradient)
+            image.assign(candidate)
+            gradient.assign(new_gradient)
+            loss.assign(terms["total"])
+            direction.assign(lbfgs.direction(candidate, new_gradient))
+            return tf.constant(True)
+
+        accepted = tf.cond(sufficient, accept, lambda: tf.constant(False))
+        projected = tf.where(free_pixels(image, gradient), gradient, 0.0)
+        return terms, accepted, tf.reduce_max(tf.abs(projected))
+
+    evaluations = 0
+
+    def line_search() -> tuple[dict[str, float], float] | None:
+        """Metrics and the largest projected gradient after a step, or None if none helps."""
+        nonlocal evaluations
+        step_size = 1.0
+        for _ in range(settings.max_line_search):
+            terms, accepted, largest_gradient = try_step(tf.constant(step_size))
+            evaluations += 1
+            if bool(accepted):
+                metrics = {f"loss/{name}": float(value) for name, value in terms.items()}
+                return {**metrics, "lbfgs/evaluations": float(evaluations)}, float(
+                    largest_gradient)
+            step_size /= 2.0
+        return None
+
+    start()
+    evaluations, last_loss, last = 1, float(loss), None
+    stop_reason = "iterations"
     try:
-        outcome = minimize(
-            loss_and_gradient, x0, jac=True, method="L-BFGS-B",
-            bounds=Bounds(np.zeros_like(x0), np.full_like(x0, 255.0)),
-            callback=on_iteration,
-            options={
-                "maxiter": iterations,
-                # The first iteration's line search alone can take several evaluations.
-                "maxfun": round(settings.max_evaluations_per_iteration * iterations)
-                + settings.max_line_search,
-                "maxcor": settings.history_size,
-                "maxls": settings.max_line_search,
-                "ftol": settings.ftol,
-                "gtol": settings.gtol,
-            },
-        )
+        for i in range(1, iterations + 1):
+            outcome = line_search()
+            if outcome is None and int(lbfgs.stored) > 0:
+                restart()
+                outcome = line_search()
+            if outcome is None:
+                stop_reason = "convergence: no step lowers the loss (float32 precision reached)"
+                break
+            metrics, largest_gradient = outcome
+            change = (last_loss - metrics["loss/total"]) / max(abs(last_loss), 1.0)
+            last_loss, last = metrics["loss/total"], (i, metrics)
+            if change <= settings.ftol and settings.ftol > 0:
+                stop_reason = f"convergence: relative loss change {change:.3g} <= ftol"
+            elif largest_gradient <= settings.gtol and settings.gtol > 0:
+                stop_reason = f"convergence: projected gradient {largest_gradient:.3g} <= gtol"
+            if reporter.wants(i) or stop_reason != "iterations":
+                reporter.report(i, metrics, lambda: image.numpy()[0])
+            if stop_reason != "iterations":
+                break
     except KeyboardInterrupt as interrupt:
-        raise Interrupted(reporter.result(state["best"], True)) from interrupt
-    if reporter.last_step < state["iteration"] or not reporter.history:
-        final = {**state["last"], "lbfgs/evaluations": float(state["evaluations"])}
-        reporter.report(max(1, state["iteration"]), final, lambda: state["best"])
-    return reporter.result(state["best"], False, stop_reason=str(outcome.message))
+        raise Interrupted(reporter.result(image.numpy()[0], True)) from interrupt
+    if last is not None and reporter.last_step < last[0]:  # stopped after an unreported step
+        reporter.report(*last, lambda: image.numpy()[0])
+    return reporter.result(image.numpy()[0], False, stop_reason)
 
 
 def stylize_scales(

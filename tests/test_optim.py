@@ -10,7 +10,7 @@ from PIL import Image
 from style_exp import app, color
 from style_exp.config import ConfigError, layer_weights, scale_plan, validate
 from style_exp.losses import LossWeights
-from style_exp.optim import AdamSettings, LBFGSSettings, learning_rate
+from style_exp.optim import LBFGS, AdamSettings, LBFGSSettings, learning_rate
 from style_exp.stylize import Interrupted, Problem, build_network, stylize, stylize_scales
 from style_exp.weights import IMAGENET_MEAN_RGB
 
@@ -64,6 +64,52 @@ def test_lbfgs_stops_cleanly_on_convergence(problem, network):
     assert result.steps < 50
     assert "CONVERGENCE" in result.stop_reason.upper()
     assert result.history[-1][0] == result.steps
+
+
+def test_lbfgs_stops_on_small_projected_gradient(problem, network):
+    result = stylize(problem, network, _noise(problem.content.shape),
+                     LBFGSSettings(gtol=1e9), 50, log_every=10)
+    assert result.steps == 1 and result.stop_reason.startswith("convergence: projected gradient")
+
+
+def test_preconditioner_is_a_symmetric_positive_low_pass_filter():
+    shape = (1, 12, 16, 3)
+    lbfgs = LBFGS(shape, LBFGSSettings(smoothing=2.0))
+    rng = np.random.default_rng(0)
+    u, v = (tf.constant(rng.normal(size=shape), tf.float32) for _ in range(2))
+    assert float(tf.reduce_sum(u * lbfgs.precondition(v))) == pytest.approx(
+        float(tf.reduce_sum(v * lbfgs.precondition(u))), rel=1e-4)
+    assert float(tf.reduce_sum(v * lbfgs.precondition(v))) > 0
+    flat = tf.fill(shape, 7.0)
+    np.testing.assert_allclose(lbfgs.precondition(flat), flat, rtol=1e-5)
+    # The finest pattern, a checkerboard, is a Laplacian eigenvector with eigenvalue 8.
+    y, x = np.mgrid[0:12, 0:16]
+    checker = tf.constant(np.repeat(((-1.0) ** (x + y))[None, ..., None], 3, axis=3), tf.float32)
+    np.testing.assert_allclose(lbfgs.precondition(checker), checker / 17.0, atol=1e-5)
+
+
+def test_lbfgs_direction_descends_and_holds_pixels_pushed_past_a_bound():
+    shape = (1, 8, 10, 3)
+    rng = np.random.default_rng(1)
+    image = tf.constant(rng.choice([0.0, 100.0, 255.0], size=shape), tf.float32)
+    gradient = tf.constant(rng.normal(size=shape), tf.float32)
+    lbfgs = LBFGS(shape, LBFGSSettings(history_size=3))
+    for _ in range(5):  # fill (and wrap) the memory with positive-curvature pairs
+        step = tf.constant(rng.normal(size=shape), tf.float32)
+        lbfgs.remember(step, 2.0 * step + 0.1 * tf.constant(rng.normal(size=shape), tf.float32))
+    assert int(lbfgs.stored) == 5
+    direction = lbfgs.direction(image, gradient).numpy()
+    held = ((image.numpy() == 0) & (gradient.numpy() > 0)) | (
+        (image.numpy() == 255) & (gradient.numpy() < 0))
+    assert held.any() and np.all(direction[held] == 0)
+    assert float(tf.reduce_sum(gradient * direction)) < 0
+
+
+def test_smoothing_lowers_the_loss_faster(problem, network):
+    init = _noise(problem.content.shape)
+    plain = stylize(problem, network, init, LBFGSSettings(smoothing=0.0), 30, log_every=30)
+    smoothed = stylize(problem, network, init, LBFGSSettings(), 30, log_every=30)
+    assert _final_loss(smoothed) < _final_loss(plain)
 
 
 def test_lbfgs_interrupt_keeps_best_image(problem, network):
