@@ -106,19 +106,62 @@ def free_pixels(image: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
     return tf.logical_not(held)
 
 
-class LBFGS(tf.Module):
-    """Limited-memory BFGS on one image, with a smoothing preconditioner.
+def smooth(vector: tf.Tensor, spectrum_filter: tf.Tensor | None) -> tf.Tensor:
+    """Multiply each colour channel's spectrum by ``spectrum_filter`` (None: identity)."""
+    if spectrum_filter is None:
+        return vector
+    height, width = vector.shape[1], vector.shape[2]
+    spectrum = tf.signal.rfft2d(tf.transpose(vector, (0, 3, 1, 2))) * spectrum_filter
+    return tf.transpose(tf.signal.irfft2d(spectrum, fft_length=[height, width]), (0, 2, 3, 1))
 
-    Keeps the last ``history_size`` pairs s = x' - x, y = g' - g in a ring buffer
-    and turns a gradient into a step with Nocedal's two-loop recursion, whose
-    initial inverse Hessian is gamma * P with P = (1 - lambda * Laplacian)^-1, applied
-    per colour channel in the Fourier domain (symmetric and positive definite, so
-    the step is always a descent direction).
+
+# Module level and compiled with XLA, which fuses the two loops' ~4 x history_size small
+# vector operations (at 256 px: 10 ms instead of 58, a sixth of a loss-and-gradient
+# evaluation); one compilation serves every run with the same image size and memory.
+@tf.function(jit_compile=True, autograph=False)
+def two_loop(image: tf.Tensor, gradient: tf.Tensor, s: tf.Tensor, y: tf.Tensor,
+             rho: tf.Tensor, stored: tf.Tensor, gamma: tf.Tensor,
+             spectrum_filter: tf.Tensor | None) -> tf.Tensor:
+    """Nocedal's two-loop recursion: the step -H g over the free pixels.
+
+    ``s``, ``y`` and ``rho`` form a ring buffer of which ``stored`` pairs were
+    written (slots with rho = 0 are empty and contribute nothing); H's initial guess
+    is ``gamma`` times the smoothing filter. With no pairs yet, the step is scaled
+    to one grey level RMS, since there is no curvature to size it by.
+    """
+    free = free_pixels(image, gradient)
+    q = tf.reshape(tf.where(free, gradient, 0.0), (-1,))
+    memory = s.shape[0]
+    # Slots newest first. Gathered, not sliced: XLA would compile a slice anew for
+    # every value of a variable index.
+    pairs = [tuple(tf.gather(t, (stored - 1 - j) % memory) for t in (s, y, rho))
+             for j in range(memory)]
+    alphas = []
+    for s_i, y_i, rho_i in pairs:
+        alpha = rho_i * tf.tensordot(s_i, q, 1)
+        q -= alpha * y_i
+        alphas.append(alpha)
+    r = tf.reshape(gamma * smooth(tf.reshape(q, image.shape), spectrum_filter), (-1,))
+    for (s_i, y_i, rho_i), alpha in zip(reversed(pairs), reversed(alphas), strict=True):
+        beta = rho_i * tf.tensordot(y_i, r, 1)
+        r += (alpha - beta) * s_i
+    step = tf.where(free, -tf.reshape(r, image.shape), 0.0)
+    rms = tf.sqrt(tf.reduce_mean(tf.square(step))) + 1e-12
+    return step / tf.where(stored > 0, 1.0, rms)
+
+
+class LBFGS(tf.Module):
+    """Limited-memory BFGS memory for one image, with a smoothing preconditioner.
+
+    Keeps the last ``history_size`` pairs s = x' - x, y = g' - g in a ring buffer.
+    The initial inverse Hessian is gamma * P with P = (1 - lambda * Laplacian)^-1,
+    applied per colour channel in the Fourier domain: symmetric and positive
+    definite, so every step is a descent direction.
     """
 
     def __init__(self, shape: tuple[int, ...], settings: LBFGSSettings):
         super().__init__(name="lbfgs")
-        self.shape, self.settings = shape, settings
+        self.settings = settings
         size = math.prod(shape)
         memory = settings.history_size
         self.s = tf.Variable(tf.zeros((memory, size)), trainable=False)
@@ -126,42 +169,23 @@ class LBFGS(tf.Module):
         self.rho = tf.Variable(tf.zeros((memory,)), trainable=False)  # 1 / (s . y); 0: empty
         self.stored = tf.Variable(0, trainable=False)  # pairs stored so far
         self.gamma = tf.Variable(1.0, trainable=False)
-        height, width = shape[1], shape[2]
-        frequency_y = tf.constant(np.fft.fftfreq(height)[:, None], tf.float32)
-        frequency_x = tf.constant(np.fft.rfftfreq(width)[None, :], tf.float32)
-        # Eigenvalues of the negative 5-point Laplacian with periodic borders.
-        laplacian = 4.0 * (tf.sin(math.pi * frequency_y) ** 2 + tf.sin(math.pi * frequency_x) ** 2)
-        self.filter = tf.cast(1.0 / (1.0 + settings.smoothing * laplacian), tf.complex64)
+        self.filter = None
+        if settings.smoothing > 0.0:
+            frequency_y = np.fft.fftfreq(shape[1])[:, None]
+            frequency_x = np.fft.rfftfreq(shape[2])[None, :]
+            # Eigenvalues of the negative 5-point Laplacian with periodic borders.
+            laplacian = 4.0 * (np.sin(np.pi * frequency_y) ** 2 + np.sin(np.pi * frequency_x) ** 2)
+            self.filter = tf.constant(1.0 / (1.0 + settings.smoothing * laplacian), tf.complex64)
 
     def precondition(self, vector: tf.Tensor) -> tf.Tensor:
-        """P v: low-pass filter each colour channel of an image-shaped tensor."""
-        if self.settings.smoothing == 0.0:
-            return vector
-        height, width = self.shape[1], self.shape[2]
-        channels_first = tf.transpose(vector, (0, 3, 1, 2))
-        spectrum = tf.signal.rfft2d(channels_first) * self.filter
-        filtered = tf.signal.irfft2d(spectrum, fft_length=[height, width])
-        return tf.transpose(filtered, (0, 2, 3, 1))
+        """P v: the low-pass filter on each colour channel of an image-shaped tensor."""
+        return smooth(vector, self.filter)
 
     def direction(self, image: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
-        """The step -H g over the free pixels; with no memory yet, scaled to 1 grey level RMS."""
-        free = free_pixels(image, gradient)
-        q = tf.reshape(tf.where(free, gradient, 0.0), (-1,))
-        memory = self.settings.history_size
-        # Newest pair first; empty slots have rho = 0 and so contribute nothing.
-        order = [(self.stored - 1 - j) % memory for j in range(memory)]
-        alphas = []
-        for i in order:
-            alpha = self.rho[i] * tf.tensordot(self.s[i], q, 1)
-            q -= alpha * self.y[i]
-            alphas.append(alpha)
-        r = tf.reshape(self.gamma * self.precondition(tf.reshape(q, self.shape)), (-1,))
-        for i, alpha in zip(reversed(order), reversed(alphas), strict=True):
-            beta = self.rho[i] * tf.tensordot(self.y[i], r, 1)
-            r += (alpha - beta) * self.s[i]
-        step = tf.where(free, -tf.reshape(r, self.shape), 0.0)
-        rms = tf.sqrt(tf.reduce_mean(tf.square(step))) + 1e-12
-        return step / tf.where(self.stored > 0, 1.0, rms)
+        """The step -H g over the free pixels (see ``two_loop``)."""
+        memory = (tf.convert_to_tensor(v) for v in (self.s, self.y, self.rho, self.stored,
+                                                    self.gamma))
+        return two_loop(image, gradient, *memory, self.filter)
 
     def remember(self, step: tf.Tensor, gradient_change: tf.Tensor) -> None:
         """Store a pair if it has positive curvature (the loss is not convex everywhere)."""
