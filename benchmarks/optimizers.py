@@ -116,9 +116,11 @@ def plot(traces: list[Trace], target: float, path: Path) -> Path:
     for trace in traces:
         by_step.plot(trace.steps, trace.losses, label=trace.name)
         by_time.plot(trace.seconds, trace.losses, label=trace.name)
+    lowest = min(min(trace.losses) for trace in traces)
     for axes, label in ((by_step, "iteration"), (by_time, "seconds")):
         axes.axhline(target, color="grey", linestyle="--", linewidth=1, label="target")
         axes.set_yscale("log")
+        axes.set_ylim(0.97 * lowest, 1.6 * target)  # the approach to the target, not the start
         axes.set_xlabel(label)
         axes.set_ylabel("total loss")
         axes.grid(True, which="both", alpha=0.3)
