@@ -60,7 +60,7 @@ class AdamConfig:
 class LBFGSConfig:
     name: str = "lbfgs"
     history_size: int = 20  # (step, gradient change) pairs kept
-    smoothing: float = 2.0  # preconditioner strength lambda (px^2); 0: plain L-BFGS
+    smoothing: float = 3.0  # preconditioner strength lambda (px^2); 0: plain L-BFGS
     max_line_search: int = 20  # step halvings before an iteration gives up
     ftol: float = 0.0  # stop when the relative loss change falls below this
     gtol: float = 0.0  # stop when the projected gradient falls below this

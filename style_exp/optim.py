@@ -9,7 +9,7 @@ starts its inverse-Hessian estimate from a low-pass filter instead of the identi
 the curvature of the style loss is highest at the finest scales, so a plain
 gradient step is dominated by pixel noise while broad changes of colour and form
 move slowly; the filter evens that out, which cut the iterations to a given loss
-by about a third on the benchmark (README, "Optimisers").
+by a quarter on the benchmark (README, "Benchmarks").
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class LBFGSSettings:
     """L-BFGS options: memory, preconditioner, line search and convergence tolerances."""
 
     history_size: int = 20  # (step, gradient change) pairs kept
-    smoothing: float = 2.0  # lambda of the preconditioner (1 - lambda * Laplacian)^-1; 0: none
+    smoothing: float = 3.0  # lambda of the preconditioner (1 - lambda * Laplacian)^-1; 0: none
     max_line_search: int = 20  # step halvings before an iteration gives up
     ftol: float = 0.0  # relative loss change that counts as converged (0: never)
     gtol: float = 0.0  # largest projected-gradient entry that counts as converged (0: never)

@@ -241,13 +241,6 @@ def _run_lbfgs(problem: Problem, network: VGG19Features, targets: Targets, init:
                            jit_compile=jit_compile, autograph=False)
 
     @tf.function(autograph=False)
-    def start() -> None:
-        terms, first_gradient = evaluate(tf.identity(image))
-        loss.assign(terms["total"])
-        gradient.assign(first_gradient)
-        direction.assign(lbfgs.direction(image, first_gradient))
-
-    @tf.function(autograph=False)
     def restart() -> None:
         lbfgs.forget()
         direction.assign(lbfgs.direction(image, gradient))
@@ -271,7 +264,9 @@ def _run_lbfgs(problem: Problem, network: VGG19Features, targets: Targets, init:
         projected = tf.where(free_pixels(image, gradient), gradient, 0.0)
         return terms, accepted, tf.reduce_max(tf.abs(projected))
 
-    evaluations = 0
+    # From a loss of +inf a step of size 0 is accepted: this evaluates the start.
+    try_step(tf.constant(0.0))
+    evaluations, last_loss, last = 1, float(loss), None
 
     def line_search() -> tuple[dict[str, float], float] | None:
         """Metrics and the largest projected gradient after a step, or None if none helps."""
@@ -287,8 +282,6 @@ def _run_lbfgs(problem: Problem, network: VGG19Features, targets: Targets, init:
             step_size /= 2.0
         return None
 
-    start()
-    evaluations, last_loss, last = 1, float(loss), None
     stop_reason = "iterations"
     try:
         for i in range(1, iterations + 1):
