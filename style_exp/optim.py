@@ -9,7 +9,7 @@ starts its inverse-Hessian estimate from a low-pass filter instead of the identi
 the curvature of the style loss is highest at the finest scales, so a plain
 gradient step is dominated by pixel noise while broad changes of colour and form
 move slowly; the filter evens that out, which cut the iterations to a given loss
-by a quarter on the benchmark (README, "Benchmarks").
+by about a quarter on the benchmark (README, "Benchmarks").
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def smooth(vector: tf.Tensor, spectrum_filter: tf.Tensor | None) -> tf.Tensor:
 
 
 # Module level and compiled with XLA, which fuses the two loops' ~4 x history_size small
-# vector operations (at 256 px: 10 ms instead of 58, a sixth of a loss-and-gradient
+# vector operations (at 256 px: 12 ms instead of 58, a sixth of a loss-and-gradient
 # evaluation); one compilation serves every run with the same image size and memory.
 @tf.function(jit_compile=True, autograph=False)
 def two_loop(image: tf.Tensor, gradient: tf.Tensor, s: tf.Tensor, y: tf.Tensor,

@@ -193,7 +193,7 @@ def _run_adam(problem: Problem, network: VGG19Features, targets: Targets, init: 
         best_loss.assign(tf.where(improved, terms["total"], best_loss))
         best_image.assign(tf.where(improved, image, best_image))
         lr = adam.apply(image, gradient)
-        image.assign(tf.clip_by_value(image, 0.0, 255.0))
+        image.assign(tf.clip_by_value(image, *PIXEL_RANGE))
         return terms, lr
 
     try:
