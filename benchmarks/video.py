@@ -24,10 +24,11 @@ import numpy as np
 from style_exp.images import load_image, resize, save_image
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings
+from style_exp.settings import VIDEO_INITS, VideoSettings
 from style_exp.stylize import Problem, build_network
 from style_exp.tables import write_tables
 from style_exp.tracking import default_tracking_uri, environment_tags, experiment_id
-from style_exp.video import VIDEO_INITS, Frame, FrameStore, VideoSettings, stylize_video
+from style_exp.video import Frame, FrameStore, stylize_video
 from style_exp.weights import IMAGENET_MEAN_RGB, load_weights
 
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", Path(__file__).resolve().parents[2]
@@ -63,7 +64,7 @@ def run_mode(frames: list[np.ndarray], style: np.ndarray, loss: LossWeights, net
     with tempfile.TemporaryDirectory() as workdir:
         return stylize_video(frames, lambda f: Problem(f, [style], [1.0], loss),
                              lambda image, _frame: image, start, network, AdamSettings(lr=lr),
-                             settings, FrameStore(Path(workdir)))
+                             settings, FrameStore(Path(workdir)), settings.first_frame_iterations)
 
 
 def summarise(clip: str, mode: str, done: list[Frame], baseline_style: float | None

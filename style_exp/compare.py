@@ -27,8 +27,7 @@ from style_exp.tracking import default_tracking_uri
 
 CELL = 192  # px, longest side of each image on the sheet
 LABEL_HEIGHT = 18
-TABLE_METRICS = ("loss/total", "loss/content", "loss/style", "loss/tv", "time/total_s",
-                 "time/per_iteration_ms")
+TIME_METRICS = ("time/total_s", "time/per_iteration_ms")
 
 
 class CompareError(ValueError):
@@ -163,8 +162,11 @@ def loss_curves(client: MlflowClient, entries: list[Entry], path: Path) -> Path:
 
 
 def summary_rows(entries: list[Entry]) -> list[dict[str, object]]:
+    """One row per run: swept values, every loss term any run logged (total first), timings."""
+    losses = sorted({name for e in entries for name in e.run.data.metrics
+                     if name.startswith("loss/")}, key=lambda name: (name != "loss/total", name))
     return [{"run_id": e.run.info.run_id, **e.values,
-             **{m: e.run.data.metrics.get(m, float("nan")) for m in TABLE_METRICS}}
+             **{m: e.run.data.metrics.get(m, float("nan")) for m in (*losses, *TIME_METRICS)}}
             for e in entries]
 
 

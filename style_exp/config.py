@@ -8,22 +8,31 @@ reported, naming the key, before any image is loaded or any weight is read.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig
 
 from style_exp.color import COLOR_MODES
+from style_exp.init import InitSettings
+from style_exp.settings import (
+    OPTIMIZERS,
+    POOLING,
+    PRECISIONS,
+    VGG19_LAYERS,
+    ConfigError,
+    OptimizerSettings,
+    VideoSettings,
+    check_choice,
+    check_non_negative,
+    check_positive,
+)
 from style_exp.videoio import is_clip
-from style_exp.weights import POOLING, PRECISIONS, VGG19_LAYERS
 
-INIT_KINDS = ("noise", "content", "style", "image")
 DEFAULT_STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key and the value."""
+Settings = TypeVar("Settings")
 
 
 @dataclass
@@ -45,48 +54,13 @@ class LossConfig:
 
 
 @dataclass
-class AdamConfig:
-    name: str = "adam"
-    lr: float = 10.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    epsilon: float = 1e-8
-    schedule: str = "constant"  # constant | exponential | step | cosine
-    decay_rate: float = 0.5  # lr factor per decay_steps (the floor of cosine's curve)
-    decay_steps: int = 500
+class VideoConfig(VideoSettings):
+    """Used when ``content`` is a video file or a directory of frames: the frame loop's
+    settings plus which frames to read, the output's frame rate and resuming."""
 
-
-@dataclass
-class LBFGSConfig:
-    name: str = "lbfgs"
-    history_size: int = 20  # (step, gradient change) pairs kept
-    smoothing: float = 3.0  # preconditioner strength lambda (px^2); 0: plain L-BFGS
-    max_line_search: int = 20  # step halvings before an iteration gives up
-    ftol: float = 0.0  # stop when the relative loss change falls below this
-    gtol: float = 0.0  # stop when the projected gradient falls below this
-
-
-@dataclass
-class InitConfig:
-    kind: str = "noise"  # noise | content | style | image
-    path: str | None = None  # the image for kind=image
-    noise_scale: float = 0.256  # std of the noise around the mean pixel (0..255 units)
-    noise_ratio: float = 0.0  # blend: (1 - r) * start image + r * noise
-
-
-@dataclass
-class VideoConfig:
-    """Used when ``content`` is a video file or a directory of frames."""
-
-    init: str = "flow"  # independent | previous | flow
-    temporal_weight: float = 10000.0  # temporal loss weight (init=flow)
-    first_frame_iterations: int | None = None  # default: iterations
-    frame_iterations: int = 150
-    frame_lr: float | None = 3.0  # Adam's lr for warm-started frames; null: optimizer.lr
     max_frames: int = 0  # 0 = all
     stride: int = 1  # use every stride-th frame
     fps: float | None = None  # of the output; default: the input's / stride
-    flow: str = "dis"  # dis | farneback (OpenCV)
     resume: bool = False  # reuse the frames of an earlier run with the same config
 
 
@@ -133,7 +107,7 @@ class Config:
     model: ModelConfig = MISSING
     loss: LossConfig = MISSING
     optimizer: Any = MISSING  # AdamConfig or LBFGSConfig, chosen by the optimizer group
-    init: InitConfig = MISSING
+    init: InitSettings = MISSING
     video: VideoConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
@@ -145,10 +119,52 @@ def register_schemas() -> None:
     store.store(name="config_schema", node=Config)
     store.store(group="model", name="model_schema", node=ModelConfig)
     store.store(group="loss", name="loss_schema", node=LossConfig)
-    store.store(group="optimizer", name="adam_schema", node=AdamConfig)
-    store.store(group="optimizer", name="lbfgs_schema", node=LBFGSConfig)
-    store.store(group="init", name="init_schema", node=InitConfig)
+    for name, settings in OPTIMIZERS.items():
+        store.store(group="optimizer", name=f"{name}_schema", node=optimizer_schema(name, settings))
+    store.store(group="init", name="init_schema", node=InitSettings)
     store.store(group="video", name="video_schema", node=VideoConfig)
+
+
+def optimizer_schema(name: str, settings: type[OptimizerSettings]) -> type:
+    """The optimiser's settings plus the ``name`` that says which optimiser they are for."""
+    return make_dataclass(f"{settings.__name__}Config", [("name", str, field(default=name))],
+                          bases=(settings,))
+
+
+def settings_from(node: Any, settings: type[Settings]) -> Settings:
+    """The library's settings object holding a config node's values for its fields."""
+    return settings(**{f.name: node[f.name] for f in fields(settings)})
+
+
+def optimizer_settings(optimizer: Any) -> OptimizerSettings:
+    """The ``optimizer`` group's values as the settings of the optimiser it names."""
+    if optimizer.name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name must be one of {tuple(OPTIMIZERS)}, "
+                          f"got {optimizer.name!r}")
+    return settings_from(optimizer, OPTIMIZERS[optimizer.name])
+
+
+def with_demo_defaults(cfg: DictConfig, overridden: Iterable[str]) -> DictConfig:
+    """With no content/style given, run the demo at its small size unless the user chose one."""
+    if cfg.content is not None:
+        return cfg
+    cfg = cfg.copy()
+    overridden = set(overridden)
+    for key in ("size", "iterations"):
+        if key not in overridden:
+            cfg[key] = cfg.demo[key]
+    return cfg
+
+
+def input_files(cfg: DictConfig | Config) -> dict[str, str]:
+    """Every file the result depends on besides the code and the weights."""
+    files = {}
+    if cfg.content is not None:
+        files["content"] = cfg.content
+        files.update({f"style_{i}": path for i, path in enumerate(style_paths(cfg.style))})
+    if cfg.init.kind == "image":
+        files["init"] = cfg.init.path
+    return files
 
 
 def style_paths(style: Any) -> list[str]:
@@ -221,34 +237,21 @@ def scale_plan(cfg: DictConfig | Config) -> tuple[list[int], list[int]]:
 
 def validate(cfg: DictConfig | Config) -> None:
     """Check every value the schema's types cannot, naming the key at fault."""
-    _positive("size", cfg.size)
-    _positive("iterations", cfg.iterations)
-    _positive("style_scale", cfg.style_scale)
-    _positive("tracking.log_every", cfg.tracking.log_every)
-    _non_negative("tracking.checkpoint_every", cfg.tracking.checkpoint_every)
-    for name in ("content_weight", "style_weight", "tv_weight"):
-        _non_negative(f"loss.{name}", getattr(cfg.loss, name))
+    for key in ("size", "iterations", "style_scale", "tracking.log_every"):
+        check_positive(key, _lookup(cfg, key))
+    for key in ("tracking.checkpoint_every", "loss.content_weight", "loss.style_weight",
+                "loss.tv_weight", "threads.intra_op", "threads.inter_op"):
+        check_non_negative(key, _lookup(cfg, key))
     layer_weights("loss.content_layers", list(cfg.loss.content_layers),
                   cfg.loss.content_layer_weights)
-    _positive("loss.style_layer_exponent", cfg.loss.style_layer_exponent)
+    check_positive("loss.style_layer_exponent", cfg.loss.style_layer_exponent)
     layer_weights("loss.style_layers", list(cfg.loss.style_layers), cfg.loss.style_layer_weights,
                   cfg.loss.style_layer_exponent)
-    if cfg.model.pooling not in POOLING:
-        raise ConfigError(f"model.pooling must be one of {POOLING}, got {cfg.model.pooling!r}")
-    _validate_optimizer(cfg.optimizer)
-    if cfg.init.kind not in INIT_KINDS:
-        raise ConfigError(f"init.kind must be one of {INIT_KINDS}, got {cfg.init.kind!r}")
-    if cfg.init.kind == "image" and not cfg.init.path:
-        raise ConfigError("init=image needs init.path=FILE")
-    _non_negative("init.noise_scale", cfg.init.noise_scale)
-    if not 0.0 <= cfg.init.noise_ratio <= 1.0:
-        raise ConfigError(f"init.noise_ratio must be in [0, 1], got {cfg.init.noise_ratio}")
-    if cfg.precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
-    _non_negative("threads.intra_op", cfg.threads.intra_op)
-    _non_negative("threads.inter_op", cfg.threads.inter_op)
-    if cfg.color not in COLOR_MODES:
-        raise ConfigError(f"color must be one of {COLOR_MODES}, got {cfg.color!r}")
+    check_choice("model.pooling", cfg.model.pooling, POOLING)
+    optimizer_settings(cfg.optimizer).check("optimizer.")
+    settings_from(cfg.init, InitSettings).check("init.")
+    check_choice("precision", cfg.precision, PRECISIONS)
+    check_choice("color", cfg.color, COLOR_MODES)
     scale_plan(cfg)
     _validate_video(cfg)
     styles = style_paths(cfg.style)
@@ -259,60 +262,19 @@ def validate(cfg: DictConfig | Config) -> None:
     blend_weights(cfg.style_weights, len(styles) if styles else cfg.demo.styles)
 
 
-def _validate_video(cfg: DictConfig | Config) -> None:
-    from style_exp.flow import FLOW_METHODS
-    from style_exp.video import VIDEO_INITS
+def _lookup(cfg: DictConfig | Config, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
+
+def _validate_video(cfg: DictConfig | Config) -> None:
     video = cfg.video
-    if video.init not in VIDEO_INITS:
-        raise ConfigError(f"video.init must be one of {VIDEO_INITS}, got {video.init!r}")
-    if video.flow not in FLOW_METHODS:
-        raise ConfigError(f"video.flow must be one of {FLOW_METHODS}, got {video.flow!r}")
-    _non_negative("video.temporal_weight", video.temporal_weight)
-    if video.first_frame_iterations is not None:
-        _positive("video.first_frame_iterations", video.first_frame_iterations)
-    _positive("video.frame_iterations", video.frame_iterations)
-    if video.frame_lr is not None:
-        _positive("video.frame_lr", video.frame_lr)
-    _non_negative("video.max_frames", video.max_frames)
-    _positive("video.stride", video.stride)
+    settings_from(video, VideoSettings).check("video.")
+    check_non_negative("video.max_frames", video.max_frames)
+    check_positive("video.stride", video.stride)
     if video.fps is not None:
-        _positive("video.fps", video.fps)
+        check_positive("video.fps", video.fps)
     if cfg.content is not None and cfg.scales and is_clip(cfg.content):
         raise ConfigError("scales (coarse-to-fine) applies to still images; for a video use "
                           "video.first_frame_iterations and video.frame_iterations")
-
-
-def _validate_optimizer(optimizer: DictConfig) -> None:
-    from style_exp.optim import SCHEDULES  # TensorFlow is loaded by the time runs validate
-
-    if optimizer.name == "adam":
-        _positive("optimizer.lr", optimizer.lr)
-        for name in ("beta1", "beta2"):
-            value = getattr(optimizer, name)
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"optimizer.{name} must be in [0, 1), got {value}")
-        _positive("optimizer.epsilon", optimizer.epsilon)
-        if optimizer.schedule not in SCHEDULES:
-            raise ConfigError(
-                f"optimizer.schedule must be one of {SCHEDULES}, got {optimizer.schedule!r}")
-        _positive("optimizer.decay_rate", optimizer.decay_rate)
-        _positive("optimizer.decay_steps", optimizer.decay_steps)
-    elif optimizer.name == "lbfgs":
-        _positive("optimizer.history_size", optimizer.history_size)
-        _positive("optimizer.max_line_search", optimizer.max_line_search)
-        _non_negative("optimizer.smoothing", optimizer.smoothing)
-        _non_negative("optimizer.ftol", optimizer.ftol)
-        _non_negative("optimizer.gtol", optimizer.gtol)
-    else:
-        raise ConfigError(f"optimizer.name must be adam or lbfgs, got {optimizer.name!r}")
-
-
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key} must be positive, got {value}")
-
-
-def _non_negative(key: str, value: float) -> None:
-    if not value >= 0:
-        raise ConfigError(f"{key} must be non-negative, got {value}")

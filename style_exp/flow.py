@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-FLOW_METHODS = ("dis", "farneback")
+from style_exp.settings import FLOW_METHODS
 
 
 def _gray(image: np.ndarray) -> np.ndarray:

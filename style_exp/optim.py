@@ -15,41 +15,11 @@ by about a quarter on the benchmark (README, "Benchmarks").
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-SCHEDULES = ("constant", "exponential", "step", "cosine")
-
-
-@dataclass(frozen=True)
-class AdamSettings:
-    """Adam's hyper-parameters (defaults as the seed's implementation) and its schedule.
-
-    Schedules, with t the step and T = ``decay_steps``:
-    constant: lr; exponential: lr * decay_rate^(t/T); step: lr * decay_rate^floor(t/T);
-    cosine: from lr down to lr * decay_rate along half a cosine over T steps, then flat.
-    """
-
-    lr: float = 10.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    epsilon: float = 1e-8
-    schedule: str = "constant"
-    decay_rate: float = 0.5
-    decay_steps: int = 500
-
-
-@dataclass(frozen=True)
-class LBFGSSettings:
-    """L-BFGS options: memory, preconditioner, line search and convergence tolerances."""
-
-    history_size: int = 20  # (step, gradient change) pairs kept
-    smoothing: float = 3.0  # lambda of the preconditioner (1 - lambda * Laplacian)^-1; 0: none
-    max_line_search: int = 20  # step halvings before an iteration gives up
-    ftol: float = 0.0  # relative loss change that counts as converged (0: never)
-    gtol: float = 0.0  # largest projected-gradient entry that counts as converged (0: never)
+from style_exp.settings import SCHEDULES, AdamSettings, LBFGSSettings
 
 
 def learning_rate(settings: AdamSettings, step: tf.Tensor) -> tf.Tensor:

@@ -6,6 +6,7 @@ It knows nothing of Hydra or MLflow so it can be used as a library and tested al
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -15,13 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from style_exp.images import resize
+from style_exp.images import resize, resize_longest
 from style_exp.losses import LossWeights, Targets, gram_matrix, loss_terms
-from style_exp.optim import LBFGS, PIXEL_RANGE, Adam, AdamSettings, LBFGSSettings, free_pixels
+from style_exp.optim import LBFGS, PIXEL_RANGE, Adam, free_pixels
+from style_exp.settings import AdamSettings, LBFGSSettings, OptimizerSettings
 from style_exp.vgg import VGG19Features
 from style_exp.weights import VGGWeights
 
-Optimizer = AdamSettings | LBFGSSettings
 ARMIJO = 1e-4  # the fraction of the predicted decrease a step must achieve
 
 
@@ -154,7 +155,7 @@ def stylize(
     problem: Problem,
     network: VGG19Features,
     init: np.ndarray,
-    optimizer: Optimizer,
+    optimizer: OptimizerSettings,
     iterations: int,
     *,
     log_every: int = 10,
@@ -170,15 +171,20 @@ def stylize(
     """
     reporter = _Reporter(iterations, log_every, checkpoint_every, callback)
     targets = compute_targets(network, problem)
-    if isinstance(optimizer, LBFGSSettings):
-        return _run_lbfgs(problem, network, targets, init, optimizer, iterations, reporter,
-                          jit_compile)
-    return _run_adam(problem, network, targets, init, optimizer, iterations, reporter,
-                     jit_compile)
+    return optimise(optimizer, problem, network, targets, init, iterations, reporter, jit_compile)
 
 
-def _run_adam(problem: Problem, network: VGG19Features, targets: Targets, init: np.ndarray,
-              settings: AdamSettings, iterations: int, reporter: _Reporter,
+@functools.singledispatch
+def optimise(settings: OptimizerSettings, problem: Problem, network: VGG19Features,
+             targets: Targets, init: np.ndarray, iterations: int, reporter: _Reporter,
+             jit_compile: bool) -> Result:
+    """The loop of the optimiser ``settings`` belong to; each loop registers itself below."""
+    raise TypeError(f"no optimisation loop is registered for {type(settings).__name__}")
+
+
+@optimise.register(AdamSettings)
+def _run_adam(settings: AdamSettings, problem: Problem, network: VGG19Features,
+              targets: Targets, init: np.ndarray, iterations: int, reporter: _Reporter,
               jit_compile: bool) -> Result:
     image = tf.Variable(init[None].astype(np.float32), name="image")
     best_image = tf.Variable(image)
@@ -222,8 +228,9 @@ def _loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Target
     return terms, tape.gradient(scaled, image) / network.gradient_scale
 
 
-def _run_lbfgs(problem: Problem, network: VGG19Features, targets: Targets, init: np.ndarray,
-               settings: LBFGSSettings, iterations: int, reporter: _Reporter,
+@optimise.register(LBFGSSettings)
+def _run_lbfgs(settings: LBFGSSettings, problem: Problem, network: VGG19Features,
+               targets: Targets, init: np.ndarray, iterations: int, reporter: _Reporter,
                jit_compile: bool) -> Result:
     """L-BFGS with a backtracking (Armijo) line search, every tensor kept on the device.
 
@@ -310,13 +317,21 @@ def _run_lbfgs(problem: Problem, network: VGG19Features, targets: Targets, init:
     return reporter.result(image.numpy()[0], False, stop_reason)
 
 
+def rescaled(problem: Problem, side: int) -> Problem:
+    """The problem with the content's longest side ``side``; styles shrink in proportion."""
+    ratio = side / max(problem.content.shape[:2])
+    styles = [resize_longest(s, max(1, round(max(s.shape[:2]) * ratio))) for s in problem.styles]
+    return dataclasses.replace(problem, content=resize_longest(problem.content, side),
+                               styles=styles)
+
+
 def stylize_scales(
     problem_at: Callable[[int], Problem],
     scales: Sequence[int],
     iterations: Sequence[int],
     network: VGG19Features,
     init: np.ndarray,
-    optimizer: Optimizer,
+    optimizer: OptimizerSettings,
     *,
     log_every: int = 10,
     checkpoint_every: int = 0,

@@ -165,14 +165,14 @@ class MetricsLogger:
     def __call__(self, progress: Progress) -> None:
         timestamp = int(1000 * time.time())
         metrics = [Metric(key, value, timestamp, progress.step)
-                   for key, value in progress.metrics.items()]
+                   for key, value in progress.metrics.items() if np.isfinite(value)]
         self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
         if progress.image is not None:
             mlflow.log_image(to_uint8(progress.image), key="progress", step=progress.step)
 
 
 def plot_losses(history: list[tuple[int, dict[str, float]]], path: Path) -> Path:
-    """A log-scale plot of every loss term against the step."""
+    """A log-scale plot of every loss term (every ``loss/*`` metric) against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,8 +180,9 @@ def plot_losses(history: list[tuple[int, dict[str, float]]], path: Path) -> Path
 
     steps = [step for step, _ in history]
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
-    for term in ("total", "content", "style", "tv"):
-        values = np.array([metrics[f"loss/{term}"] for _, metrics in history])
+    for name in (name for name in history[-1][1] if name.startswith("loss/")):
+        values = np.array([metrics.get(name, np.nan) for _, metrics in history])
+        term = name.removeprefix("loss/")
         axes.plot(steps, values, label=term, linewidth=2 if term == "total" else 1)
     axes.set_yscale("log")
     axes.set_xlabel("iteration")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from style_exp.weights import POOLING, PRECISIONS, VGG19_LAYERS, VGGWeights
+from style_exp.settings import POOLING, PRECISIONS, VGG19_LAYERS
+from style_exp.weights import VGGWeights
 
 
 class VGG19Features(tf.Module):

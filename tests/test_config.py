@@ -57,7 +57,7 @@ def test_schema_rejects_wrong_types(compose_config):
     ("loss.style_layer_weights=[1,2]", "loss.style_layer_weights has 2 values for 5 layers"),
     ("model.pooling=median", "model.pooling must be one of"),
     ("optimizer.beta1=1.5", r"optimizer.beta1 must be in \[0, 1\)"),
-    ("init=image", "init=image needs init.path"),
+    ("init=image", "init.kind=image needs init.path"),
     ("content=only_content.jpg", "give both content=FILE and style=FILE"),
 ])
 def test_bad_values_name_the_key(compose_config, override, message):

@@ -8,10 +8,18 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from style_exp import app, color
-from style_exp.config import ConfigError, layer_weights, scale_plan, validate
+from style_exp.config import ConfigError, layer_weights, scale_plan, settings_from, validate
+from style_exp.init import InitSettings, initial_image
 from style_exp.losses import LossWeights
 from style_exp.optim import LBFGS, AdamSettings, LBFGSSettings, learning_rate
-from style_exp.stylize import Interrupted, Problem, build_network, stylize, stylize_scales
+from style_exp.stylize import (
+    Interrupted,
+    Problem,
+    build_network,
+    rescaled,
+    stylize,
+    stylize_scales,
+)
 from style_exp.weights import IMAGENET_MEAN_RGB
 
 LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
@@ -138,13 +146,11 @@ def test_schedules_follow_their_formulas():
 
 
 def test_multiscale_produces_final_size_and_numbers_steps_across_scales(problem, network):
-    def problem_at(side):
-        return app.problem_factory(gradient_image(48, 64), [stripes_image(64, 64)], [1.0],
-                                   LOSS)(side)
-
+    full = Problem(gradient_image(48, 64), [stripes_image(64, 64)], [1.0], LOSS)
     events = []
-    result = stylize_scales(problem_at, [32, 64], [6, 4], network, _noise((48, 64, 3)),
-                            AdamSettings(), log_every=2, callback=events.append)
+    result = stylize_scales(lambda side: rescaled(full, side), [32, 64], [6, 4], network,
+                            _noise((48, 64, 3)), AdamSettings(), log_every=2,
+                            callback=events.append)
     assert result.image.shape == (48, 64, 3)
     sizes = {e.step: e.metrics["scale/size"] for e in events}
     assert sizes[6] == 32 and sizes[7] == 64 and max(sizes) == 10
@@ -220,7 +226,8 @@ def test_init_kinds(compose_config, tmp_path, kind):
     Image.fromarray(np.full((10, 20, 3), 200, np.uint8)).save(start)
     cfg = compose_config([f"init={kind}", *([f"init.path={start}"] if kind == "image" else [])])
     content, styles = gradient_image(24, 32), [stripes_image(30, 30)]
-    image = app.initial_image(cfg, content, styles, np.random.default_rng(0))
+    image = initial_image(settings_from(cfg.init, InitSettings), content, styles,
+                          np.random.default_rng(0))
     assert image.shape == content.shape
     expected = {"noise": None, "content": content, "style": None,
                 "image": np.full_like(content, 200)}
@@ -233,7 +240,8 @@ def test_init_kinds(compose_config, tmp_path, kind):
 def test_init_noise_ratio_blends(compose_config):
     cfg = compose_config(["init=content", "init.noise_ratio=0.5", "init.noise_scale=0"])
     content = gradient_image(24, 32)
-    image = app.initial_image(cfg, content, [], np.random.default_rng(0))
+    image = initial_image(settings_from(cfg.init, InitSettings), content, [],
+                          np.random.default_rng(0))
     np.testing.assert_allclose(image, 0.5 * content + 0.5 * IMAGENET_MEAN_RGB, atol=1e-3)
 
 

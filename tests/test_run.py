@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from style_exp import app
+from style_exp.config import with_demo_defaults
 from style_exp.images import ImageError
 from style_exp.tracking import MetricsLogger
 
@@ -107,11 +108,11 @@ def test_interrupt_ends_killed_and_keeps_best_image(compose_config, tmp_path, in
 
 
 def test_demo_defaults_apply_only_when_not_overridden(compose_config):
-    demo = app.apply_demo_defaults(compose_config(), overridden=[])
+    demo = with_demo_defaults(compose_config(), overridden=[])
     assert (demo.size, demo.iterations) == (256, 300)
-    chosen = app.apply_demo_defaults(compose_config(["size=96"]), overridden=["size"])
+    chosen = with_demo_defaults(compose_config(["size=96"]), overridden=["size"])
     assert (chosen.size, chosen.iterations) == (96, 300)
-    real = app.apply_demo_defaults(compose_config(["content=a.jpg", "style=b.jpg"]), [])
+    real = with_demo_defaults(compose_config(["content=a.jpg", "style=b.jpg"]), [])
     assert (real.size, real.iterations) == (512, 1000)
 
 

@@ -16,8 +16,9 @@ from style_exp.flow import consistency_mask, optical_flow, temporal_error, warp
 from style_exp.images import to_uint8
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings
+from style_exp.settings import VideoSettings
 from style_exp.stylize import Problem, build_network
-from style_exp.video import FrameStore, VideoSettings, stylize_video
+from style_exp.video import FrameStore, stylize_video
 from style_exp.videoio import VideoError, open_clip, write_video
 from style_exp.weights import IMAGENET_MEAN_RGB
 
@@ -126,7 +127,7 @@ def _mean_temporal_error(frames, mode, network, tmp_path, iterations=(40, 12)):
 
     done = stylize_video(frames, lambda f: Problem(f, [style], [1.0], LOSS), lambda i, f: i,
                          start, network, AdamSettings(), settings,
-                         FrameStore(tmp_path / mode))
+                         FrameStore(tmp_path / mode), iterations[0])
     assert [f.index for f in done] == list(range(len(frames)))
     errors = [f.metrics["video/temporal_error"] for f in done[1:]]
     return float(np.mean(errors))
@@ -153,7 +154,7 @@ def test_temporal_loss_counts_only_trusted_pixels(network, tmp_path):
                              frame_iterations=2)
     done = stylize_video(frames, lambda f: Problem(f, [stripes_image(40, 40)], [1.0], LOSS),
                          lambda i, f: i, lambda i, f: f, network, AdamSettings(), settings,
-                         store)
+                         store, 2)
     assert "loss/temporal" not in done[0].metrics and done[1].metrics["loss/temporal"] > 0
     assert 0.7 < done[1].metrics["video/trusted_fraction"] < 1.0
 

@@ -1,0 +1,134 @@
+"""The engine's knobs: plain dataclasses with their defaults, and the lists of valid choices.
+
+Everything here imports without TensorFlow, so the command line's schema
+(``config.py``) is built from these classes and a config is checked in a blink. Each
+default is written here once: the schema, the YAML groups and library users all
+read it from these classes (``tests/test_config.py`` checks they agree).
+
+To add an optimiser: a settings class with a ``check``, an entry in ``OPTIMIZERS``,
+its loop registered with ``stylize.optimise``, a YAML file in ``conf/optimizer/``
+and a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# The 36 layers of VGG-19's convolutional part, in the paper's names.
+VGG19_LAYERS: tuple[str, ...] = (
+    "conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1",
+    "conv2_1", "relu2_1", "conv2_2", "relu2_2", "pool2",
+    "conv3_1", "relu3_1", "conv3_2", "relu3_2", "conv3_3", "relu3_3", "conv3_4", "relu3_4", "pool3",
+    "conv4_1", "relu4_1", "conv4_2", "relu4_2", "conv4_3", "relu4_3", "conv4_4", "relu4_4", "pool4",
+    "conv5_1", "relu5_1", "conv5_2", "relu5_2", "conv5_3", "relu5_3", "conv5_4", "relu5_4",
+)  # fmt: skip
+POOLING = ("max", "avg")
+PRECISIONS = ("float32", "bfloat16", "float16")
+SCHEDULES = ("constant", "exponential", "step", "cosine")
+VIDEO_INITS = ("independent", "previous", "flow")
+FLOW_METHODS = ("dis", "farneback")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the key and the value."""
+
+
+def check_positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key} must be positive, got {value}")
+
+
+def check_non_negative(key: str, value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{key} must be non-negative, got {value}")
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
+
+
+@dataclass
+class AdamSettings:
+    """Adam's hyper-parameters (defaults as the seed's implementation) and its schedule.
+
+    Schedules, with t the step and T = ``decay_steps``:
+    constant: lr; exponential: lr * decay_rate^(t/T); step: lr * decay_rate^floor(t/T);
+    cosine: from lr down to lr * decay_rate along half a cosine over T steps, then flat.
+    """
+
+    lr: float = 10.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    epsilon: float = 1e-8
+    schedule: str = "constant"  # constant | exponential | step | cosine
+    decay_rate: float = 0.5  # exponential/step: factor per decay_steps; cosine: final lr / lr
+    decay_steps: int = 500  # exponential/step: steps per decay_rate; cosine: curve length
+
+    def check(self, prefix: str = "") -> None:
+        check_positive(f"{prefix}lr", self.lr)
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{prefix}{name} must be in [0, 1), got {value}")
+        check_positive(f"{prefix}epsilon", self.epsilon)
+        check_choice(f"{prefix}schedule", self.schedule, SCHEDULES)
+        check_positive(f"{prefix}decay_rate", self.decay_rate)
+        check_positive(f"{prefix}decay_steps", self.decay_steps)
+
+    def warm_started(self, frame_lr: float | None) -> AdamSettings:
+        """For an image that starts near its optimum (a video frame): ``frame_lr`` if given."""
+        return self if frame_lr is None else dataclasses.replace(self, lr=frame_lr)
+
+
+@dataclass
+class LBFGSSettings:
+    """L-BFGS options: memory, preconditioner, line search and convergence tolerances."""
+
+    history_size: int = 20  # (step, gradient change) pairs kept (memory ~ 2 x history x image)
+    smoothing: float = 3.0  # lambda of the preconditioner (1 - lambda * Laplacian)^-1; 0: none
+    max_line_search: int = 20  # step halvings before an iteration gives up
+    ftol: float = 0.0  # relative loss change that counts as converged (0: never)
+    gtol: float = 0.0  # largest projected-gradient entry that counts as converged (0: never)
+
+    def check(self, prefix: str = "") -> None:
+        check_positive(f"{prefix}history_size", self.history_size)
+        check_positive(f"{prefix}max_line_search", self.max_line_search)
+        for name in ("smoothing", "ftol", "gtol"):
+            check_non_negative(f"{prefix}{name}", getattr(self, name))
+
+    def warm_started(self, frame_lr: float | None) -> LBFGSSettings:
+        """L-BFGS sizes its steps from curvature, so a warm start needs no change."""
+        return self
+
+
+OptimizerSettings = AdamSettings | LBFGSSettings
+# The optimiser group's names (``optimizer=NAME``) and their settings.
+OPTIMIZERS: dict[str, type[OptimizerSettings]] = {"adam": AdamSettings, "lbfgs": LBFGSSettings}
+
+
+@dataclass
+class VideoSettings:
+    """How a clip's frames are started and optimised (see ``video.py``)."""
+
+    init: str = "flow"  # independent | previous (the seed's warm start) | flow (Ruder et al.)
+    temporal_weight: float = 10000.0  # temporal loss towards the warped previous frame (flow)
+    first_frame_iterations: int | None = None  # None: the run's iterations
+    frame_iterations: int = 150  # each later frame
+    # Adam's learning rate for frames started from the previous one (None: the
+    # optimiser's). Such a frame is already near its optimum, and Adam's first steps
+    # move every pixel by about lr whatever the gradient, re-randomising the texture.
+    # (Each optimiser's ``warm_started`` decides what it means for it.)
+    frame_lr: float | None = 3.0
+    flow: str = "dis"  # optical flow: dis | farneback (OpenCV)
+
+    def check(self, prefix: str = "") -> None:
+        check_choice(f"{prefix}init", self.init, VIDEO_INITS)
+        check_choice(f"{prefix}flow", self.flow, FLOW_METHODS)
+        check_non_negative(f"{prefix}temporal_weight", self.temporal_weight)
+        if self.first_frame_iterations is not None:
+            check_positive(f"{prefix}first_frame_iterations", self.first_frame_iterations)
+        check_positive(f"{prefix}frame_iterations", self.frame_iterations)
+        if self.frame_lr is not None:
+            check_positive(f"{prefix}frame_lr", self.frame_lr)

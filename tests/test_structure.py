@@ -1,0 +1,67 @@
+"""The architecture's rules: one source per default, every config option composes, layers."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT
+
+from style_exp.config import settings_from, validate
+from style_exp.init import InitSettings
+from style_exp.settings import OPTIMIZERS, VideoSettings
+
+ENGINE = ["images", "color", "settings", "init", "weights", "vgg", "losses", "optim", "stylize",
+          "flow", "videoio", "video", "device", "demo"]
+
+
+@pytest.mark.parametrize("group, option, settings", [
+    *[("optimizer", name, settings) for name, settings in OPTIMIZERS.items()],
+    ("init", "noise", InitSettings),
+    ("video", "default", VideoSettings),
+])
+def test_library_schema_and_yaml_defaults_agree(compose_config, group, option, settings):
+    """What the CLI composes by default is what a library user gets from ``settings()``."""
+    composed = compose_config([f"{group}={option}"])[group]
+    assert settings_from(composed, settings) == settings()
+
+
+def test_every_optimizer_has_its_yaml_and_every_yaml_its_optimizer():
+    yaml_names = {path.stem for path in (PROJECT / "conf" / "optimizer").glob("*.yaml")}
+    assert yaml_names == set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("group, option", sorted(
+    (path.parent.name, path.stem) for path in (PROJECT / "conf").glob("*/*.yaml")
+    if path.parent.name != "experiment"))
+def test_every_config_option_composes_and_validates(compose_config, group, option):
+    extra = ["init.path=start.png"] if (group, option) == ("init", "image") else []
+    validate(compose_config([f"{group}={option}", *extra]))
+
+
+@pytest.mark.parametrize("experiment", sorted(
+    path.stem for path in (PROJECT / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_composes(compose_config, experiment):
+    validate(compose_config([f"experiment={experiment}"]))
+
+
+def _modules_loaded_by(code: str) -> set[str]:
+    output = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\nprint(*sys.modules)"],
+                            cwd=PROJECT, capture_output=True, text=True, check=True).stdout
+    return {name.split(".")[0] for name in output.split()}
+
+
+def test_engine_imports_neither_mlflow_nor_hydra():
+    loaded = _modules_loaded_by("\n".join(f"import style_exp.{name}" for name in ENGINE))
+    assert "tensorflow" in loaded  # the check sees what the engine pulls in
+    assert not loaded & {"mlflow", "hydra", "omegaconf"}
+
+
+def test_config_validation_needs_no_tensorflow():
+    code = ("from hydra import compose, initialize_config_dir\n"
+            "from style_exp.config import register_schemas, validate\n"
+            "register_schemas()\n"
+            f"with initialize_config_dir(config_dir={str(Path(PROJECT, 'conf'))!r}, "
+            "version_base='1.3'):\n"
+            "    validate(compose(config_name='config', overrides=['optimizer=lbfgs']))")
+    assert "tensorflow" not in _modules_loaded_by(code)
