@@ -194,7 +194,7 @@ def _run_adam(settings: AdamSettings, problem: Problem, network: VGG19Features,
     # No data-dependent Python control flow inside: AutoGraph has nothing to convert.
     @tf.function(jit_compile=jit_compile, autograph=False)
     def step() -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        terms, gradient = _loss_and_gradient(network, image, targets, problem.loss)
+        terms, gradient = loss_and_gradient(network, image, targets, problem.loss)
         improved = terms["total"] < best_loss
         best_loss.assign(tf.where(improved, terms["total"], best_loss))
         best_image.assign(tf.where(improved, image, best_image))
@@ -214,7 +214,7 @@ def _run_adam(settings: AdamSettings, problem: Problem, network: VGG19Features,
     return reporter.result(best_image.numpy()[0], False)
 
 
-def _loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Targets,
+def loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Targets,
                        loss: LossWeights) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
     """The loss terms at ``image`` and the gradient of their total.
 
@@ -244,7 +244,7 @@ def _run_lbfgs(settings: LBFGSSettings, problem: Problem, network: VGG19Features
     lbfgs = LBFGS(tuple(image.shape), settings)
     gradient, direction = tf.Variable(tf.zeros_like(image)), tf.Variable(tf.zeros_like(image))
     loss = tf.Variable(math.inf)
-    evaluate = tf.function(lambda x: _loss_and_gradient(network, x, targets, problem.loss),
+    evaluate = tf.function(lambda x: loss_and_gradient(network, x, targets, problem.loss),
                            jit_compile=jit_compile, autograph=False)
 
     @tf.function(autograph=False)

@@ -1,0 +1,71 @@
+"""Tiled evaluation: whole-image Grams, losses and gradients, tile by tile."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import gradient_image, stripes_image
+
+from style_exp.losses import LossWeights, gram_matrix
+from style_exp.stylize import Problem, build_network, compute_targets, loss_and_gradient
+from style_exp.tiles import TiledLoss, exact_halo, tile_grid
+
+# Shallow layers keep the exact halo (16 px) and the test small; the benchmark checks the
+# paper's layers at 512 px.
+LOSS = LossWeights(5.0, 500.0, 100.0, {"relu2_2": 1.0},
+                   {"relu1_1": 0.3, "relu2_1": 0.3, "relu3_1": 0.4})
+HEIGHT, WIDTH = 100, 136  # not multiples of 16: the last tiles are partial
+
+
+@pytest.fixture(scope="module")
+def network(weights):
+    return build_network(weights, LOSS, "max")
+
+
+@pytest.fixture(scope="module")
+def case(network):
+    problem = Problem(gradient_image(HEIGHT, WIDTH), [stripes_image(64, 64)], [1.0], LOSS)
+    image = tf.constant((0.5 * gradient_image(HEIGHT, WIDTH, seed=3)
+                         + 0.5 * stripes_image(HEIGHT, WIDTH))[None])
+    return problem, compute_targets(network, problem), image
+
+
+def test_tiles_partition_the_image_on_the_16px_grid():
+    tiles = tile_grid(100, 136, 40, 20)
+    covered = np.zeros((100, 136), int)
+    for tile in tiles:
+        y0, y1, x0, x1 = tile.owned
+        covered[y0:y1, x0:x1] += 1
+        assert y0 % 16 == 0 and x0 % 16 == 0 and tile.crop[0] % 16 == 0
+        assert tile.crop[0] == max(0, y0 - 32) and tile.crop[1] == min(100, y1 + 32)
+    assert (covered == 1).all() and len(tiles) == 3 * 3  # 48 px tiles, 32 px halo
+
+
+def test_exact_halo_covers_the_receptive_field():
+    assert exact_halo(["relu5_1"]) == 80  # relu5_1 sees 156 px; rounded to the 16 px grid
+    assert exact_halo(["relu1_1"]) == 16 and exact_halo(["relu4_2", "relu1_1"]) == 48
+    assert exact_halo(list(LOSS.style_layers)) == 16
+
+
+def test_tiled_grams_equal_the_untiled(network, case):
+    _, _, image = case
+    tiled = TiledLoss(network, LOSS, HEIGHT, WIDTH, side=32)
+    features = network(image)
+    layers = list(LOSS.style_layers)
+    for layer, gram in tiled.gram_matrices(image, layers).items():
+        np.testing.assert_allclose(gram, gram_matrix(features[layer]), rtol=1e-4,
+                                   atol=1e-5 * float(tf.reduce_max(gram)))
+
+
+@pytest.mark.parametrize("halo, tolerance", [(None, 1e-5), (0, None)])
+def test_tiled_loss_and_gradient_match_the_untiled(network, case, halo, tolerance):
+    problem, targets, image = case
+    terms, gradient = loss_and_gradient(network, image, targets, LOSS)
+    tiled = TiledLoss(network, LOSS, HEIGHT, WIDTH, side=32, halo=halo)
+    tiled_terms, tiled_gradient = tiled(image, targets, tiled.content_targets(problem.content))
+    difference = float(tf.norm(tiled_gradient - gradient) / tf.norm(gradient))
+    if tolerance is None:  # a halo short of the receptive field is visibly off: the test bites
+        assert difference > 1e-3
+        return
+    assert difference < tolerance
+    for name in ("content", "style", "tv", "total"):
+        assert float(tiled_terms[name]) == pytest.approx(float(terms[name]), rel=tolerance)
