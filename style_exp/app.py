@@ -98,7 +98,7 @@ def _run_still(cfg: DictConfig, job: Job, output_dir: Path, logger: MetricsLogge
         result = stylize_scales(job.problem_at, job.scales, job.scale_iterations, job.network,
                                 job.init, job.optimizer, log_every=cfg.tracking.log_every,
                                 checkpoint_every=cfg.tracking.checkpoint_every,
-                                callback=report, jit_compile=cfg.xla)
+                                callback=report, jit_compile=cfg.xla, tile=job.tile)
     except Interrupted as interrupt:
         finish(interrupt.result)
         raise

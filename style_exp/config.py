@@ -31,6 +31,7 @@ from style_exp.settings import (
 )
 from style_exp.videoio import is_clip
 
+MIN_TILE = 64  # px: smaller tiles spend nearly all their time on the halo
 DEFAULT_STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 Settings = TypeVar("Settings")
 
@@ -104,6 +105,7 @@ class Config:
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
     scales: list[int] = field(default_factory=list)  # coarse-to-fine sizes, last = size
     scale_iterations: list[int] | None = None  # per scale; default: iterations each
+    tiles: int = 0  # px: scales larger than this are optimised tile by tile (0: never)
     model: ModelConfig = MISSING
     loss: LossConfig = MISSING
     optimizer: Any = MISSING  # AdamConfig or LBFGSConfig, chosen by the optimizer group
@@ -253,6 +255,8 @@ def validate(cfg: DictConfig | Config) -> None:
     check_choice("precision", cfg.precision, PRECISIONS)
     check_choice("color", cfg.color, COLOR_MODES)
     scale_plan(cfg)
+    if cfg.tiles != 0 and cfg.tiles < MIN_TILE:
+        raise ConfigError(f"tiles must be 0 (off) or at least {MIN_TILE} px, got {cfg.tiles}")
     _validate_video(cfg)
     styles = style_paths(cfg.style)
     if (cfg.content is None) != (not styles):
@@ -278,3 +282,5 @@ def _validate_video(cfg: DictConfig | Config) -> None:
     if cfg.content is not None and cfg.scales and is_clip(cfg.content):
         raise ConfigError("scales (coarse-to-fine) applies to still images; for a video use "
                           "video.first_frame_iterations and video.frame_iterations")
+    if cfg.content is not None and cfg.tiles and is_clip(cfg.content):
+        raise ConfigError("tiles applies to still images; video frames are optimised whole")

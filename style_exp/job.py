@@ -59,6 +59,7 @@ class Job:
     optimizer: OptimizerSettings
     scales: list[int]
     scale_iterations: list[int]
+    tile: int  # px: scales larger than this are optimised by tiles (0: never)
     files: dict[str, str]  # every input file the result depends on
     clip: Clip | None = None
     video: VideoSettings | None = None
@@ -110,7 +111,8 @@ def prepare(cfg: DictConfig) -> Job:
         init_settings=init_settings, init=init, seed=cfg.seed,
         network=build_network(weights, loss, cfg.model.pooling, cfg.precision),
         weights_sha256=weights.sha256, optimizer=optimizer_settings(cfg.optimizer),
-        scales=scales, scale_iterations=scale_iterations, files=input_files(cfg),
+        scales=scales, scale_iterations=scale_iterations, tile=cfg.tiles,
+        files=input_files(cfg),
         clip=clip, video=video)
 
 

@@ -20,6 +20,7 @@ from style_exp.images import resize, resize_longest
 from style_exp.losses import LossWeights, Targets, gram_matrix, loss_terms
 from style_exp.optim import LBFGS, PIXEL_RANGE, Adam, free_pixels
 from style_exp.settings import AdamSettings, LBFGSSettings, OptimizerSettings
+from style_exp.tiles import TiledLoss, tiled_grams
 from style_exp.vgg import VGG19Features
 from style_exp.weights import VGGWeights
 
@@ -76,21 +77,54 @@ def build_network(weights: VGGWeights, loss: LossWeights, pooling: str,
                          precision)
 
 
-def compute_targets(network: VGG19Features, problem: Problem) -> Targets:
-    """Content activations and style Gram matrices, computed once up front."""
-    content = network(tf.constant(problem.content[None], tf.float32))
-    style_grams = []
-    for style, blend in zip(problem.styles, problem.style_blend, strict=True):
-        features = network(tf.constant(style[None], tf.float32))
-        style_grams.append((blend, {layer: gram_matrix(features[layer])
-                                    for layer in problem.loss.style_layers}))
+def compute_targets(network: VGG19Features, problem: Problem, tile: int = 0) -> Targets:
+    """Content activations and style Gram matrices, computed once up front.
+
+    With ``tile`` the styles' Grams are computed by tiles (a print-size painting does
+    not fit through the network whole) and the content's are left to ``TiledLoss``.
+    """
+    layers = list(problem.loss.style_layers)
+
+    def grams(image: np.ndarray) -> dict[str, tf.Tensor]:
+        if tile:
+            return tiled_grams(network, image, tile, layers)
+        features = network(tf.constant(image[None], tf.float32))
+        return {layer: gram_matrix(features[layer]) for layer in layers}
+
+    style_grams = [(blend, grams(style))
+                   for style, blend in zip(problem.styles, problem.style_blend, strict=True)]
+    content = {}
+    if not tile:
+        features = network(tf.constant(problem.content[None], tf.float32))
+        content = {layer: tf.cast(features[layer], tf.float32)
+                   for layer in problem.loss.content_layers}
     temporal = None
     if problem.temporal is not None:
         warped, mask = problem.temporal
         temporal = (tf.constant(warped[None], tf.float32),
                     tf.constant(mask[None, ..., None], tf.float32))
-    return Targets({layer: tf.cast(content[layer], tf.float32)
-                    for layer in problem.loss.content_layers}, style_grams, temporal)
+    return Targets(content, style_grams, temporal)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The loss terms and their gradient at an image, and how to compile a step around it."""
+
+    evaluate: Callable[[tf.Tensor], tuple[dict[str, tf.Tensor], tf.Tensor]]
+    compile: Callable[[Callable], Callable]
+
+
+def objective(problem: Problem, network: VGG19Features, tile: int = 0,
+              jit_compile: bool = False) -> Objective:
+    """Untiled, a step is one compiled graph. Tiled, the step runs eagerly around
+    compiled tile passes, one tile at a time: one graph for all tiles would let
+    TensorFlow run them at once and hold all their activations."""
+    targets = compute_targets(network, problem, tile)
+    if tile:
+        tiled = TiledLoss(network, problem.loss, problem.content, tile)
+        return Objective(lambda image: tiled(image, targets), lambda step: step)
+    return Objective(lambda image: loss_and_gradient(network, image, targets, problem.loss),
+                     lambda step: tf.function(step, jit_compile=jit_compile, autograph=False))
 
 
 class _Reporter:
@@ -162,39 +196,39 @@ def stylize(
     checkpoint_every: int = 0,
     callback: Callable[[Progress], None] | None = None,
     jit_compile: bool = False,
+    tile: int = 0,
 ) -> Result:
     """Optimise ``init`` towards the problem's content and styles.
 
     Reported steps are step 1, every ``log_every`` and ``checkpoint_every`` step,
     and the last; checkpoint steps carry the current image. ``jit_compile`` compiles
-    the step with XLA.
+    the step with XLA. ``tile`` (px) evaluates the loss tile by tile, exactly, with
+    memory bounded by the tile instead of the image (see ``tiles.py``).
     """
     reporter = _Reporter(iterations, log_every, checkpoint_every, callback)
-    targets = compute_targets(network, problem)
-    return optimise(optimizer, problem, network, targets, init, iterations, reporter, jit_compile)
+    return optimise(optimizer, objective(problem, network, tile, jit_compile), init,
+                    iterations, reporter)
 
 
 @functools.singledispatch
-def optimise(settings: OptimizerSettings, problem: Problem, network: VGG19Features,
-             targets: Targets, init: np.ndarray, iterations: int, reporter: _Reporter,
-             jit_compile: bool) -> Result:
+def optimise(settings: OptimizerSettings, objective: Objective, init: np.ndarray,
+             iterations: int, reporter: _Reporter) -> Result:
     """The loop of the optimiser ``settings`` belong to; each loop registers itself below."""
     raise TypeError(f"no optimisation loop is registered for {type(settings).__name__}")
 
 
 @optimise.register(AdamSettings)
-def _run_adam(settings: AdamSettings, problem: Problem, network: VGG19Features,
-              targets: Targets, init: np.ndarray, iterations: int, reporter: _Reporter,
-              jit_compile: bool) -> Result:
+def _run_adam(settings: AdamSettings, objective: Objective, init: np.ndarray, iterations: int,
+              reporter: _Reporter) -> Result:
     image = tf.Variable(init[None].astype(np.float32), name="image")
     best_image = tf.Variable(image)
     best_loss = tf.Variable(math.inf)
     adam = Adam(image, settings)
 
     # No data-dependent Python control flow inside: AutoGraph has nothing to convert.
-    @tf.function(jit_compile=jit_compile, autograph=False)
+    @objective.compile
     def step() -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        terms, gradient = loss_and_gradient(network, image, targets, problem.loss)
+        terms, gradient = objective.evaluate(image)
         improved = terms["total"] < best_loss
         best_loss.assign(tf.where(improved, terms["total"], best_loss))
         best_image.assign(tf.where(improved, image, best_image))
@@ -229,9 +263,8 @@ def loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Targets
 
 
 @optimise.register(LBFGSSettings)
-def _run_lbfgs(settings: LBFGSSettings, problem: Problem, network: VGG19Features,
-               targets: Targets, init: np.ndarray, iterations: int, reporter: _Reporter,
-               jit_compile: bool) -> Result:
+def _run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
+               iterations: int, reporter: _Reporter) -> Result:
     """L-BFGS with a backtracking (Armijo) line search, every tensor kept on the device.
 
     Each iteration tries the full step first (almost always accepted) and halves it
@@ -244,18 +277,16 @@ def _run_lbfgs(settings: LBFGSSettings, problem: Problem, network: VGG19Features
     lbfgs = LBFGS(tuple(image.shape), settings)
     gradient, direction = tf.Variable(tf.zeros_like(image)), tf.Variable(tf.zeros_like(image))
     loss = tf.Variable(math.inf)
-    evaluate = tf.function(lambda x: loss_and_gradient(network, x, targets, problem.loss),
-                           jit_compile=jit_compile, autograph=False)
 
     @tf.function(autograph=False)
     def restart() -> None:
         lbfgs.forget()
         direction.assign(lbfgs.direction(image, gradient))
 
-    @tf.function(autograph=False)
+    @objective.compile
     def try_step(step_size: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
         candidate = tf.clip_by_value(image + step_size * direction, *PIXEL_RANGE)
-        terms, new_gradient = evaluate(candidate)
+        terms, new_gradient = objective.evaluate(candidate)
         sufficient = terms["total"] <= loss + ARMIJO * tf.reduce_sum(
             gradient * (candidate - image))
 
@@ -337,12 +368,14 @@ def stylize_scales(
     checkpoint_every: int = 0,
     callback: Callable[[Progress], None] | None = None,
     jit_compile: bool = False,
+    tile: int = 0,
 ) -> Result:
     """Coarse-to-fine: optimise at each size in turn, starting from the previous result.
 
     ``problem_at(size)`` gives the problem with the longest side ``size``; ``init`` is
     resized to the first scale. Steps are numbered across scales and every reported
-    step carries ``scale/size``, so one run shows all scales on one axis.
+    step carries ``scale/size``, so one run shows all scales on one axis. Scales
+    larger than ``tile`` (px; 0: none) are optimised tile by tile.
     """
     total = sum(iterations)
     offset, image, results = 0, init, []
@@ -360,7 +393,7 @@ def stylize_scales(
         try:
             result = stylize(problem, network, start, optimizer, count, log_every=log_every,
                              checkpoint_every=checkpoint_every, callback=shifted,
-                             jit_compile=jit_compile)
+                             jit_compile=jit_compile, tile=tile if 0 < tile < size else 0)
         except Interrupted as interrupt:
             results.append(_shift(interrupt.result, offset))
             raise Interrupted(_combine(results)) from interrupt

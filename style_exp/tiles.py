@@ -106,19 +106,21 @@ def _crop(image: tf.Tensor, tile: Tile) -> tf.Tensor:
     return image[:, y0:y1, x0:x1, :]
 
 
-class TiledLoss:
-    """Loss terms and gradient of ``losses.loss_terms`` for images of one size, by tiles."""
+def position_count(height: int, width: int, layer: str) -> int:
+    """N: how many positions ``layer`` has for an image of this size."""
+    return math.ceil(height / stride(layer)) * math.ceil(width / stride(layer))
 
-    def __init__(self, network: VGG19Features, loss: LossWeights, height: int, width: int,
+
+class TiledNetwork:
+    """The network applied tile by tile to images of one size."""
+
+    def __init__(self, network: VGG19Features, layers: list[str], height: int, width: int,
                  side: int, halo: int | None = None):
-        self.network, self.loss = network, loss
-        layers = [*loss.content_layers, *loss.style_layers]
+        self.network = network
         self.halo = exact_halo(layers) if halo is None else halo
         self.tiles = tile_grid(height, width, side, self.halo)
-        self.positions = {layer: math.ceil(height / stride(layer)) * math.ceil(
-            width / stride(layer)) for layer in layers}
+        self.positions = {layer: position_count(height, width, layer) for layer in layers}
         self._tile_grams = tf.function(self._tile_grams_eager, reduce_retracing=True)
-        self._tile_gradient = tf.function(self._tile_gradient_eager, reduce_retracing=True)
 
     def gram_matrices(self, image: tf.Tensor, layers: list[str]) -> dict[str, tf.Tensor]:
         """Each layer's Gram matrix F^T F / (N C) of the whole image, from the tiles."""
@@ -129,20 +131,44 @@ class TiledLoss:
         return {layer: sums[layer] / (self.positions[layer] * sums[layer].shape[0])
                 for layer in layers}
 
-    def content_targets(self, content: np.ndarray) -> list[dict[str, tf.Tensor]]:
-        """Per tile, the content's features at the tile's own positions (computed once)."""
-        image = tf.constant(content[None], tf.float32)
-        targets = []
-        for tile in self.tiles:
-            features = self.network(_crop(image, tile))
-            targets.append({layer: owned(features, layer, tile.box)
-                            for layer in self.loss.content_layers})
-        return targets
+    def _tile_grams_eager(self, crop: tf.Tensor, box: tf.Tensor,
+                          layers: tuple[str, ...]) -> dict[str, tf.Tensor]:
+        features = self.network(crop)
+        return {layer: tf.matmul(f, f, transpose_a=True)
+                for layer in layers for f in [owned(features, layer, box)]}
 
-    def __call__(self, image: tf.Tensor, targets: Targets,
-                 content_targets: list[dict[str, tf.Tensor]]
-                 ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        """The loss terms at ``image`` (whole-image values) and the gradient of their total."""
+
+def tiled_grams(network: VGG19Features, image: np.ndarray, side: int,
+                layers: list[str]) -> dict[str, tf.Tensor]:
+    """The Gram matrices of an image too large to pass through the network whole."""
+    height, width = image.shape[:2]
+    tiled = TiledNetwork(network, layers, height, width, side)
+    return tiled.gram_matrices(tf.constant(image[None], tf.float32), layers)
+
+
+class TiledLoss(TiledNetwork):
+    """Loss terms and gradient of ``losses.loss_terms`` at images the size of ``content``."""
+
+    def __init__(self, network: VGG19Features, loss: LossWeights, content: np.ndarray,
+                 side: int, halo: int | None = None):
+        height, width = content.shape[:2]
+        super().__init__(network, [*loss.content_layers, *loss.style_layers], height, width,
+                         side, halo)
+        self.loss = loss
+        self._tile_gradient = tf.function(self._tile_gradient_eager, reduce_retracing=True)
+        image = tf.constant(content[None], tf.float32)
+        # Per tile, the content's features at the tile's own positions.
+        self.content_targets = [
+            {layer: owned(features, layer, tile.box) for layer in loss.content_layers}
+            for tile in self.tiles for features in [network(_crop(image, tile))]]
+
+    def __call__(self, image: tf.Tensor,
+                 targets: Targets) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        """The loss terms at ``image`` (whole-image values) and the gradient of their total.
+
+        ``targets`` gives the style Grams and the temporal target; the content targets
+        are the tiles' own.
+        """
         grams = self.gram_matrices(image, list(self.loss.style_layers))
         with tf.GradientTape() as tape:
             tape.watch(grams)
@@ -153,7 +179,7 @@ class TiledLoss:
         style_slopes = tape.gradient(style, grams)  # D = dL/dG per layer
         content = tf.constant(0.0)
         gradient = tf.zeros_like(image)
-        for tile, tile_content in zip(self.tiles, content_targets, strict=True):
+        for tile, tile_content in zip(self.tiles, self.content_targets, strict=True):
             value, tile_gradient = self._tile_gradient(_crop(image, tile), tile.box,
                                                        style_slopes, tile_content)
             content += value
@@ -164,12 +190,6 @@ class TiledLoss:
         terms = {"content": content, "style": style, **terms}
         terms["total"] = tf.add_n(list(terms.values()))
         return terms, gradient + pixel_gradient
-
-    def _tile_grams_eager(self, crop: tf.Tensor, box: tf.Tensor,
-                          layers: tuple[str, ...]) -> dict[str, tf.Tensor]:
-        features = self.network(crop)
-        return {layer: tf.matmul(f, f, transpose_a=True)
-                for layer in layers for f in [owned(features, layer, box)]}
 
     def _tile_gradient_eager(self, crop: tf.Tensor, box: tf.Tensor,
                              style_slopes: dict[str, tf.Tensor],
