@@ -197,7 +197,7 @@ def compare(experiment: str, sweep: str | None, tracking_uri: str, out: Path) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", default="style_exp")
+    parser.add_argument("--experiment", default=TrackingConfig.experiment)
     parser.add_argument("--sweep", help="a sweep_id tag value (default: the whole experiment)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--out", type=Path, default=None)
