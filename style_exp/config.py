@@ -33,6 +33,9 @@ from style_exp.settings import (
 from style_exp.videoio import is_clip
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Keys that change no pixel of the result: where it is recorded, what the terminal shows,
+# threading, and the demo's sizes (already copied into size/iterations when they apply).
+NO_EFFECT_KEYS = ("tracking", "progress", "threads", "demo")
 DEFAULT_STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 Settings = TypeVar("Settings")
 

@@ -18,6 +18,7 @@ from filelock import FileLock
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from style_exp.config import NO_EFFECT_KEYS
 from style_exp.images import to_uint8
 from style_exp.labels import sweep_id
 from style_exp.stylize import Interrupted, Progress
@@ -116,10 +117,11 @@ def swept_values(tags: Mapping[str, str]) -> dict[str, str]:
 
 
 def run_params(config: Mapping[str, Any], given: list[str]) -> dict[str, Any]:
-    """The params of a run: ``PARAM_KEYS`` and every key given on the command line."""
-    flat = flatten(config)
-    return {key: value for key, value in flat.items()
-            if key in PARAM_KEYS or any(key == g or key.startswith(f"{g}.") for g in given)}
+    """The params of a run: ``PARAM_KEYS`` and every key given on the command line that
+    changes the result."""
+    chosen = [g for g in given if g.split(".")[0] not in NO_EFFECT_KEYS]
+    return {key: value for key, value in flatten(config).items()
+            if key in PARAM_KEYS or any(key == g or key.startswith(f"{g}.") for g in chosen)}
 
 
 def dashboard_url(tracking_uri: str, experiment: str, run_id: str | None = None,
