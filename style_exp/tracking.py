@@ -35,7 +35,9 @@ OUTPUT_IMAGES = "output"  # image series: the final image, at step 0 in every ru
 # Config keys logged as params besides those given on the command line: what a
 # reviewer compares runs on. The image grid captions each image with every param, so
 # the whole config (it is config.yaml) would push the image off the screen.
-PARAM_KEYS = ("content", "style", "size", "iterations", "optimizer.name", "loss.style_weight")
+PARAM_KEYS = ("size", "iterations", "optimizer.name", "init.kind", "loss.style_weight")
+# Never params: the inputs are in the run's name and description (paths: reproduce.json).
+INPUT_KEYS = ("content", "style")
 
 
 def default_tracking_uri() -> str:
@@ -118,10 +120,12 @@ def swept_values(tags: Mapping[str, str]) -> dict[str, str]:
 
 def run_params(config: Mapping[str, Any], given: list[str]) -> dict[str, Any]:
     """The params of a run: ``PARAM_KEYS`` and every key given on the command line that
-    changes the result."""
-    chosen = [g for g in given if g.split(".")[0] not in NO_EFFECT_KEYS]
+    changes the result (a group given, ``optimizer=lbfgs``, shows as its name in
+    ``PARAM_KEYS``); unset ones (``content`` for the demo) are left out."""
+    chosen = [key for key in given
+              if key.split(".")[0] not in NO_EFFECT_KEYS and key not in INPUT_KEYS]
     return {key: value for key, value in flatten(config).items()
-            if key in PARAM_KEYS or any(key == g or key.startswith(f"{g}.") for g in chosen)}
+            if value is not None and (key in PARAM_KEYS or key in chosen)}
 
 
 def dashboard_url(tracking_uri: str, experiment: str, run_id: str | None = None,
