@@ -12,7 +12,7 @@ register_schemas()
 def main(cfg: DictConfig) -> None:
     from style_exp.app import run_hydra_job  # imported late: TensorFlow loads only for runs
 
-    print(f"wrote {run_hydra_job(cfg)}")
+    run_hydra_job(cfg)  # it prints the run's name, output and dashboard link when done
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ progress, the result and its outcome. Turning the config into a ready job is
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
@@ -19,24 +20,33 @@ from omegaconf import DictConfig, OmegaConf
 
 from style_exp import device
 from style_exp.config import validate, with_demo_defaults
-from style_exp.console import ProgressBar
+from style_exp.console import ProgressBar, run_summary
 from style_exp.images import file_sha256, resize_longest, save_image
 from style_exp.job import Job, prepare
+from style_exp.labels import quality_text, run_name, run_note
 from style_exp.stylize import Interrupted, Progress, Result, stylize_scales
 from style_exp.tracking import (
+    NOTE_TAG,
+    OUTPUT_IMAGES,
+    PROGRESS_IMAGES,
     MetricsLogger,
+    dashboard_url,
     default_tracking_uri,
     environment_tags,
-    flatten,
     library_versions,
+    log_image,
     plot_losses,
+    run_params,
     sweep_tags,
+    swept_values,
     tracked_run,
+    ui_command,
 )
 from style_exp.video import Frame
 from style_exp.video_run import run_clip
 
 THUMBNAIL_SIDE = 256
+log = logging.getLogger(__name__)
 
 
 def run_hydra_job(cfg: DictConfig) -> Path:
@@ -48,6 +58,11 @@ def run_hydra_job(cfg: DictConfig) -> Path:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         tags = sweep_tags(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, overrides)
     run(cfg, output_dir, overrides, tags)
+    return output_path(output_dir)
+
+
+def output_path(output_dir: Path) -> Path:
+    """The run's result: its video when it made one, else its image."""
     video = output_dir / "output.mp4"
     return video if video.is_file() else output_dir / "output.png"
 
@@ -56,13 +71,17 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
         tags: dict[str, str] | None = None) -> Result | list[Frame]:
     """Run one configured stylisation, tracked in MLflow: an image, or a clip's frames."""
     started = time.perf_counter()
-    cfg = with_demo_defaults(cfg, [item.split("=", 1)[0].lstrip("+~") for item in overrides])
+    given = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
+    cfg = with_demo_defaults(cfg, given)
     uri = cfg.tracking.uri or default_tracking_uri()
     output_dir.mkdir(parents=True, exist_ok=True)
     device.configure(cfg.threads.intra_op, cfg.threads.inter_op)
-    with tracked_run(uri, cfg.tracking.experiment,
-                     tags={**environment_tags(), **(tags or {})}) as active:
-        mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    tags = tags or {}
+    name = run_name(cfg.content, cfg.style, cfg.demo.styles, swept_values(tags))
+    with tracked_run(uri, cfg.tracking.experiment, run_name=name,
+                     tags={**environment_tags(), **tags}) as active:
+        log.info("Run '%s' (MLflow run %s) writes to %s", name, active.info.run_id, output_dir)
+        mlflow.log_params(run_params(OmegaConf.to_container(cfg, resolve=True), given))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         mlflow.log_text("\n".join(overrides) + "\n", "overrides.txt")
         validate(cfg)
@@ -71,8 +90,15 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
         _log_inputs(job, output_dir)
         if job.clip is not None:
             hashes = {name: entry["sha256"] for name, entry in record["inputs"].items()}
-            return run_clip(cfg, job, output_dir, uri, hashes)
-        return _run_still(cfg, job, output_dir, MetricsLogger(active.info.run_id, uri), started)
+            outcome = run_clip(cfg, job, output_dir, uri, hashes)
+        else:
+            outcome = _run_still(cfg, job, output_dir,
+                                 MetricsLogger(active.info.run_id, uri), started)
+    info = active.info
+    quality = quality_text(outcome.metrics) if isinstance(outcome, Result) else ""
+    log.info(run_summary(name, info.run_id, output_path(output_dir), quality,
+                         dashboard_url(uri, info.experiment_id, info.run_id), ui_command(uri)))
+    return outcome
 
 
 def _run_still(cfg: DictConfig, job: Job, output_dir: Path, logger: MetricsLogger,
@@ -80,19 +106,33 @@ def _run_still(cfg: DictConfig, job: Job, output_dir: Path, logger: MetricsLogge
     """Optimise the image (coarse to fine if asked), reporting every logged step."""
     bar = ProgressBar(sum(job.scale_iterations), cfg.progress)
     first_step: list[float] = []
+    start = job.finish(job.init)
+    log_image(start, PROGRESS_IMAGES, 0)
+    mlflow.log_metrics(job.quality(start), step=0)
 
     def report(progress: Progress) -> None:
         if not first_step:
             first_step.append(time.perf_counter() - started)
+        if progress.image is not None:  # a checkpoint: its image as it would be output
+            image = job.finish(progress.image)
+            progress = dataclasses.replace(progress, image=image,
+                                           metrics={**progress.metrics, **job.quality(image)})
+            save_image(image, output_dir / "checkpoints" / f"{progress.step:06d}.png")
         bar(progress)
         logger(progress)
-        if progress.image is not None:
-            save_image(progress.image, output_dir / "checkpoints" / f"{progress.step:06d}.png")
 
-    def finish(result: Result) -> None:
+    def finish(result: Result) -> Result:
+        """The result as output (colours restored), measured, written and described."""
         mlflow.set_tag("stop_reason", result.stop_reason)
-        _finish(dataclasses.replace(result, image=job.finish(result.image)), output_dir,
-                started, first_step)
+        image = job.finish(result.image)
+        quality = job.quality(image)
+        mlflow.log_metrics(quality, step=result.steps)
+        log_image(image, OUTPUT_IMAGES, 0)
+        seconds = _finish(dataclasses.replace(result, image=image), output_dir, started,
+                          first_step)
+        mlflow.set_tag(NOTE_TAG, run_note(cfg, job.problem.style_blend, image.shape[1::-1],
+                                          result.steps, quality, seconds))
+        return dataclasses.replace(result, metrics={**result.metrics, **quality})
 
     try:
         result = stylize_scales(job.problem_at, job.scales, job.scale_iterations, job.network,
@@ -104,8 +144,7 @@ def _run_still(cfg: DictConfig, job: Job, output_dir: Path, logger: MetricsLogge
         raise
     finally:
         bar.close()
-    finish(result)
-    return result
+    return finish(result)
 
 
 def _log_inputs(job: Job, output_dir: Path) -> None:
@@ -141,8 +180,8 @@ def reproduction_record(cfg: DictConfig, job: Job, overrides: list[str]) -> dict
     return record
 
 
-def _finish(result: Result, output_dir: Path, started: float, first_step: list[float]) -> None:
-    """Write and log the final image, the loss curve and the timings."""
+def _finish(result: Result, output_dir: Path, started: float, first_step: list[float]) -> float:
+    """Write and log the final image, the loss curve and the timings; the run's seconds."""
     output = save_image(result.image, output_dir / "output.png")
     mlflow.log_artifact(str(output))
     if result.history:
@@ -156,6 +195,7 @@ def _finish(result: Result, output_dir: Path, started: float, first_step: list[f
     if np.isfinite(result.ms_per_iteration):
         timings["time/per_iteration_ms"] = result.ms_per_iteration
     mlflow.log_metrics(timings)
+    return timings["time/total_s"]
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:

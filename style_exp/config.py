@@ -8,12 +8,13 @@ reported, naming the key, before any image is loaded or any weight is read.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, make_dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from style_exp.color import COLOR_MODES
 from style_exp.init import InitSettings
@@ -32,6 +33,10 @@ from style_exp.settings import (
 from style_exp.videoio import is_clip
 
 MIN_TILE = 64  # px: smaller tiles spend nearly all their time on the halo
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Keys that change no pixel of the result: where it is recorded, what the terminal shows,
+# threading, and the demo's sizes (already copied into size/iterations when they apply).
+NO_EFFECT_KEYS = ("tracking", "progress", "threads", "demo")
 DEFAULT_STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 Settings = TypeVar("Settings")
 
@@ -116,7 +121,9 @@ class Config:
 
 
 def register_schemas() -> None:
-    """Make the schemas available to the YAML files in ``conf/`` via their defaults lists."""
+    """Make the schemas available to the YAML files in ``conf/`` via their defaults lists,
+    and the list of config groups to ``--help``."""
+    OmegaConf.register_new_resolver("style_exp.groups", config_groups, replace=True)
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     store.store(group="model", name="model_schema", node=ModelConfig)
@@ -125,6 +132,20 @@ def register_schemas() -> None:
         store.store(group="optimizer", name=f"{name}_schema", node=optimizer_schema(name, settings))
     store.store(group="init", name="init_schema", node=InitSettings)
     store.store(group="video", name="video_schema", node=VideoConfig)
+
+
+def config_groups(chosen: Mapping[str, Any]) -> str:
+    """``group: option, option*`` per group in ``conf/``, ``*`` marking ``chosen``'s option.
+
+    Read from the YAML files, so the schemas Hydra's own list shows are left out.
+    """
+    lines = []
+    for group in sorted(path for path in CONF_DIR.iterdir()
+                        if path.is_dir() and path.name != "hydra"):
+        options = sorted(path.stem for path in group.glob("*.yaml"))
+        marked = [f"{o}*" if o == chosen.get(group.name) else o for o in options]
+        lines.append(f"  {group.name + ':':<12}{', '.join(marked)}")
+    return "\n".join(lines)
 
 
 def optimizer_schema(name: str, settings: type[OptimizerSettings]) -> type:

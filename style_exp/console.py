@@ -1,10 +1,16 @@
-"""What a run shows on the terminal while it works."""
+"""What a run shows on the terminal: progress while it works, where to look when it is done."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from tqdm import tqdm
 
-from style_exp.stylize import Progress
+from style_exp.config import TrackingConfig
+
+if TYPE_CHECKING:  # only annotations: the sweep's launching process needs no TensorFlow
+    from style_exp.stylize import Progress
 
 
 class ProgressBar:
@@ -30,3 +36,34 @@ def describe(metrics: dict[str, float]) -> str:
     if "video/temporal_error" in metrics:
         parts.append(f"temporal error {metrics['video/temporal_error']:.1f}")
     return " ".join(parts)
+
+
+
+def run_summary(name: str, run_id: str, output: Path, quality: str, url: str,
+                ui_command: str | None) -> str:
+    """What a finished run says last: which run, how it came out, where to look."""
+    return "\n".join([f"Run '{name}' finished" + (f": {quality}" if quality else ""),
+                      f"  output     {output}",
+                      f"  run id     {run_id}",
+                      dashboard_line(url, ui_command)])
+
+
+def sweep_summary(sweep: str, runs: int, compare_command: str, url: str,
+                  ui_command: str | None) -> str:
+    """What a finished sweep says last: its id, how to compare it, where to look."""
+    return "\n".join([f"Sweep {sweep}: {runs} runs",
+                      f"  compare    {compare_command}",
+                      dashboard_line(url, ui_command)])
+
+
+def dashboard_line(url: str, ui_command: str | None) -> str:
+    """The page to open, after the command that serves it when the store is local."""
+    return f"  dashboard  {ui_command}   then open {url}" if ui_command else f"  dashboard  {url}"
+
+
+def compare_command(sweep: str, experiment: str, tracking_uri: str | None) -> str:
+    """The ``style_exp.compare`` command line for one sweep (defaults left out)."""
+    command = f"python -m style_exp.compare --sweep {sweep}"
+    if experiment != TrackingConfig.experiment:
+        command += f" --experiment {experiment}"
+    return command + (f" --tracking-uri {tracking_uri}" if tracking_uri else "")

@@ -14,6 +14,7 @@ from matplotlib import cbook
 from style_exp.images import load_image
 
 DEMO_PHOTO = "grace_hopper.jpg"
+PAINTING_NAMES = ("night_swirls", "embers")  # what runs call the paintings of PALETTES
 PALETTES = (
     # Night: deep blues to pale yellow.
     np.array([(12, 24, 64), (28, 62, 140), (62, 112, 190), (120, 170, 215),

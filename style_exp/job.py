@@ -28,6 +28,7 @@ from style_exp.demo import demo_paintings, demo_photo
 from style_exp.images import load_image, resize
 from style_exp.init import InitSettings, initial_image
 from style_exp.losses import LossWeights
+from style_exp.quality import QualityMeter
 from style_exp.settings import OptimizerSettings, VideoSettings
 from style_exp.stylize import Problem, build_network, rescaled
 from style_exp.vgg import VGG19Features
@@ -61,6 +62,7 @@ class Job:
     scale_iterations: list[int]
     tile: int  # px: scales larger than this are optimised by tiles (0: never)
     files: dict[str, str]  # every input file the result depends on
+    quality: QualityMeter  # distances to the photo and the styles as loaded, for any image
     clip: Clip | None = None
     video: VideoSettings | None = None
 
@@ -104,15 +106,17 @@ def prepare(cfg: DictConfig) -> Job:
     init = initial_image(init_settings, content, styles, np.random.default_rng(cfg.seed))
     weights = load_weights(cfg.model.weights)
     loss = loss_weights(cfg)
+    blend = blend_weights(cfg.style_weights, len(styles))
     return Job(
         inputs=inputs,
-        problem=Problem(content, styles, blend_weights(cfg.style_weights, len(styles)), loss),
+        problem=Problem(content, styles, blend, loss),
         color=cfg.color,
         init_settings=init_settings, init=init, seed=cfg.seed,
         network=build_network(weights, loss, cfg.model.pooling, cfg.precision),
         weights_sha256=weights.sha256, optimizer=optimizer_settings(cfg.optimizer),
         scales=scales, scale_iterations=scale_iterations, tile=cfg.tiles,
         files=input_files(cfg),
+        quality=QualityMeter(weights, inputs.content, inputs.styles, blend),
         clip=clip, video=video)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import platform
 import subprocess
 import time
@@ -11,6 +10,7 @@ import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import mlflow
 import numpy as np
@@ -18,10 +18,26 @@ from filelock import FileLock
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from style_exp.config import NO_EFFECT_KEYS
 from style_exp.images import to_uint8
+from style_exp.labels import sweep_id
 from style_exp.stylize import Interrupted, Progress
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# MLflow's UI opens an experiment of this kind on its runs, not on the GenAI overview.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# MLflow 3.17's UI decides by this URL parameter (or the toggle it remembers) instead.
+TRAINING_VIEW = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+PROGRESS_IMAGES = "progress"  # image series: the start (step 0) and the checkpoints
+OUTPUT_IMAGES = "output"  # image series: the final image, at step 0 in every run
+# Config keys logged as params besides those given on the command line: what a
+# reviewer compares runs on. The image grid captions each image with every param, so
+# the whole config (it is config.yaml) would push the image off the screen.
+PARAM_KEYS = ("size", "iterations", "optimizer.name", "init.kind", "loss.style_weight")
+# Never params: the inputs are in the run's name and description (paths: reproduce.json).
+INPUT_KEYS = ("content", "style")
 
 
 def default_tracking_uri() -> str:
@@ -46,10 +62,14 @@ def experiment_id(tracking_uri: str, name: str) -> str:
     with guard:
         client = MlflowClient(tracking_uri)
         experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        location = (database.parent / "artifacts").resolve().as_uri() if database else None
-        return client.create_experiment(name, artifact_location=location)
+        if experiment is None:
+            location = (database.parent / "artifacts").resolve().as_uri() if database else None
+            return client.create_experiment(name, artifact_location=location,
+                                            tags=EXPERIMENT_KIND)
+        for key, value in EXPERIMENT_KIND.items():
+            if experiment.tags.get(key) != value:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
+        return experiment.experiment_id
 
 
 def _sqlite_path(tracking_uri: str) -> Path | None:
@@ -68,18 +88,14 @@ def library_versions() -> dict[str, str]:
 def sweep_tags(sweep_dir: Path, job_number: int, job_overrides: list[str]) -> dict[str, str]:
     """Tags that group one sweep's runs and carry each run's swept values.
 
-    The sweep id comes from Hydra's sweep directory, which every job of a sweep
-    shares whatever the launcher (separate processes included). The swept keys are
+    The swept keys are
     those the sweep's command line gave several values, read back from the
     ``multirun.yaml`` Hydra writes there before the first job starts.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    resolved = sweep_dir.resolve()
-    sweep_id = f"{resolved.parent.name}_{resolved.name}-" + hashlib.sha1(
-        str(resolved).encode()).hexdigest()[:6]
-    tags = {"sweep_id": sweep_id, "sweep.job": str(job_number)}
+    tags = {"sweep_id": sweep_id(sweep_dir), "sweep.job": str(job_number)}
     multirun = sweep_dir / "multirun.yaml"
     swept: set[str] = set()
     if multirun.is_file():
@@ -94,6 +110,54 @@ def sweep_tags(sweep_dir: Path, job_number: int, job_overrides: list[str]) -> di
         if key.lstrip("+~") in swept:
             tags[f"sweep.{key.lstrip('+~')}"] = value
     return tags
+
+
+def swept_values(tags: Mapping[str, str]) -> dict[str, str]:
+    """A run's swept values from its ``sweep.<key>`` tags, by key."""
+    return {key.removeprefix("sweep."): value for key, value in tags.items()
+            if key.startswith("sweep.") and key != "sweep.job"}
+
+
+def run_params(config: Mapping[str, Any], given: list[str]) -> dict[str, Any]:
+    """The params of a run: ``PARAM_KEYS`` and every key given on the command line that
+    changes the result (a group given, ``optimizer=lbfgs``, shows as its name in
+    ``PARAM_KEYS``); unset ones (``content`` for the demo) are left out."""
+    chosen = [key for key in given
+              if key.split(".")[0] not in NO_EFFECT_KEYS and key not in INPUT_KEYS]
+    return {key: value for key, value in flatten(config).items()
+            if value is not None and (key in PARAM_KEYS or key in chosen)}
+
+
+def dashboard_url(tracking_uri: str, experiment: str, run_id: str | None = None,
+                  search: str | None = None) -> str:
+    """Where the UI shows a run, or the experiment's runs (filtered by ``search``).
+
+    A local store is served by ``mlflow ui`` at its default address.
+    """
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) \
+        else LOCAL_UI
+    page = f"{base}/#/experiments/{experiment}/runs"
+    if run_id:
+        return f"{page}/{run_id}?{TRAINING_VIEW}"
+    return f"{page}?{TRAINING_VIEW}" + (f"&searchFilter={quote(search)}" if search else "")
+
+
+def sweep_run_count(tracking_uri: str, experiment: str, sweep: str) -> int:
+    """How many runs of the experiment belong to the sweep."""
+    return len(MlflowClient(tracking_uri).search_runs(
+        [experiment], f"tags.sweep_id = '{sweep}'", max_results=5000))
+
+
+def ui_command(tracking_uri: str) -> str | None:
+    """The command that serves a local store's UI; None when the store is a server."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def log_image(image: np.ndarray, key: str, step: int) -> None:
+    """One image of an image series (the UI's image grid shows a key, step by step)."""
+    mlflow.log_image(to_uint8(image), key=key, step=step)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -168,7 +232,7 @@ class MetricsLogger:
                    for key, value in progress.metrics.items() if np.isfinite(value)]
         self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
         if progress.image is not None:
-            mlflow.log_image(to_uint8(progress.image), key="progress", step=progress.step)
+            log_image(progress.image, PROGRESS_IMAGES, progress.step)
 
 
 def plot_losses(history: list[tuple[int, dict[str, float]]], path: Path) -> Path:

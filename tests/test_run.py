@@ -56,9 +56,14 @@ def test_end_to_end_run_is_tracked(compose_config, tmp_path, inputs):
     assert set(record.data.metrics) >= LOSS_KEYS
     for key in ("time/setup_s", "time/per_iteration_ms", "time/total_s"):
         assert record.data.metrics[key] > 0
-    params = record.data.params
+    params = record.data.params  # the main keys and those given; all of it in config.yaml
     assert params["loss.style_weight"] == "500.0" and params["size"] == "64"
-    assert params["optimizer.lr"] == "10.0" and params["model.pooling"] == "max"
+    assert params["optimizer.name"] == "adam" and params["style_weights"] == "[3.0, 1.0]"
+    assert "model.pooling" not in params and "content" not in params
+    assert record.info.run_name == "content x style+style"
+    assert "content distance" in record.data.tags["mlflow.note.content"]
+    quality = client.get_metric_history(record.info.run_id, "quality/style_distance")
+    assert sorted({m.step for m in quality}) == [0, 20, 40]  # start, checkpoint, final
     tags = record.data.tags
     assert tags["tensorflow"].startswith("2.") and tags["device"].startswith(("CPU", "GPU"))
     assert len(tags["weights_sha256"]) == 64
@@ -67,7 +72,8 @@ def test_end_to_end_run_is_tracked(compose_config, tmp_path, inputs):
     inputs_logged = {a.path for a in client.list_artifacts(record.info.run_id, "inputs")}
     assert inputs_logged == {"inputs/content.jpg", "inputs/style_0.jpg", "inputs/style_1.jpg"}
     images = [a.path for a in client.list_artifacts(record.info.run_id, "images")]
-    assert any("step+20" in p for p in images) and any("step+40" in p for p in images)
+    assert any("progress+step+20" in p for p in images) and any("step+40" in p for p in images)
+    assert any(p.startswith("images/output+step+0+") for p in images)
     output = np.asarray(Image.open(tmp_path / "out" / "output.png"))
     assert output.shape == (48, 64, 3)
     assert (tmp_path / "out" / "checkpoints" / "000020.png").is_file()

@@ -12,7 +12,7 @@ from style_exp.init import InitSettings
 from style_exp.settings import OPTIMIZERS, VideoSettings
 
 ENGINE = ["images", "color", "settings", "init", "weights", "vgg", "losses", "optim", "stylize",
-          "flow", "videoio", "video", "device", "demo"]
+          "flow", "videoio", "video", "device", "demo", "quality"]
 
 
 @pytest.mark.parametrize("group, option, settings", [

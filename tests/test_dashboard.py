@@ -1,0 +1,123 @@
+"""The MLflow dashboard as a reviewer sees it, in a real (headless) Chromium.
+
+A tracking server on a free loopback port, a 2-job sweep into it, then the link the
+sweep printed opened in Debian's Chromium driven by Playwright: the runs table (not
+the GenAI overview) must show the readable run names, and the final images' grid must
+load an image. Screenshots are kept in the test's tmp dir (paths printed: pytest -s).
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+# As root in CI: no sandbox; no background connections (the network is closed here).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+NAMES = [f"grace_hopper x night_swirls · style_weight={w}" for w in (50, 5000)]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for(url: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {seconds} s")
+
+
+@pytest.fixture
+def server(tmp_path):
+    """``mlflow server`` (SQLite, artifacts served) on 127.0.0.1; stopped afterwards."""
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{url}/health", 90)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the server and its workers: its own group
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_dashboard_shows_named_runs_and_their_images(server, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(PROJECT / "run.py"), "-m", "loss.style_weight=50,5000", "size=32",
+         "iterations=4", "tracking.checkpoint_every=2", f"tracking.uri={server}",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}", "progress=false"],
+        cwd=tmp_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True,
+        text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    sweep_start = next(i for i, line in enumerate(lines) if line.startswith("Sweep "))
+    link = next(line.split()[-1] for line in lines[sweep_start:]
+                if line.strip().startswith("dashboard"))
+    assert link.startswith(f"{server}/#/experiments/")
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(30_000)
+        page.goto(link)  # what the sweep printed
+        _close_assistant(page)
+        for name in NAMES:
+            sync_api.expect(page.get_by_text(name, exact=True).first).to_be_visible()
+        assert page.get_by_text("Token Usage").count() == 0  # not the GenAI overview
+        _screenshot(page, tmp_path / "runs_table.png")
+
+        page.goto(f"{link}&compareRunsMode=CHART")
+        page.get_by_placeholder("Search metric charts").fill("output")
+        image = page.locator("img[src*='images%2Foutput%2Bstep%2B0']").first
+        sync_api.expect(image).to_be_visible()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                               arg=image.element_handle())
+        _screenshot(page, tmp_path / "image_grid.png")
+        browser.close()
+
+
+def _close_assistant(page) -> None:
+    """The UI's chat panel takes a third of the screen; the screenshots want the runs."""
+    close = page.get_by_role("button", name="Close")
+    if close.count():
+        close.first.click()
+
+
+def _screenshot(page, path: Path) -> None:
+    page.screenshot(path=str(path))
+    print(f"screenshot: {path}")
+    keep = os.environ.get("STYLE_EXP_SCREENSHOTS")  # a folder to copy them to, if set
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, keep)

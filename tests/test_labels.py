@@ -1,0 +1,71 @@
+"""Names, descriptions and console summaries: what a reviewer reads first."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import PROJECT
+
+from style_exp.console import compare_command, run_summary, sweep_summary
+from style_exp.labels import run_name, short_keys, sweep_id
+from style_exp.tracking import dashboard_url, run_params, ui_command
+
+
+def test_run_names_say_what_the_run_is_and_what_differs():
+    assert run_name("/x/tubingen.jpg", "/y/starry_night.jpg", 1) == "tubingen x starry_night"
+    assert run_name("t.jpg", ["a.jpg", "b.png"], 1, {"loss.style_weight": "5000"}) == \
+        "t x a+b · style_weight=5000"
+    assert run_name(None, None, 2, {"seed": "1"}) == "grace_hopper x night_swirls+embers · seed=1"
+
+
+def test_short_keys_stay_apart_when_their_last_parts_clash():
+    assert short_keys(["loss.style_weight", "seed"]) == {"loss.style_weight": "style_weight",
+                                                         "seed": "seed"}
+    assert short_keys(["a.lr", "b.lr"]) == {"a.lr": "a.lr", "b.lr": "b.lr"}
+
+
+def test_sweep_id_is_the_directory_made_readable(tmp_path):
+    sweep = tmp_path / "2026-01-02" / "10-11-12"
+    assert sweep_id(sweep).startswith("2026-01-02_10-11-12-")
+    assert sweep_id(sweep) == sweep_id(sweep) != sweep_id(tmp_path / "other" / "10-11-12")
+
+
+def test_params_are_the_main_keys_and_those_given():
+    config = {"content": "/x/t.jpg", "size": 64, "iterations": 9, "seed": 3,
+              "optimizer": {"name": "lbfgs", "history_size": 20}, "init": {"kind": "noise"},
+              "loss": {"style_weight": 500.0, "tv_weight": 1.0}, "tracking": {"uri": "x"}}
+    params = run_params(config, ["content", "seed", "optimizer", "tracking.uri"])
+    assert params == {"size": 64, "iterations": 9, "seed": 3, "optimizer.name": "lbfgs",
+                      "init.kind": "noise", "loss.style_weight": 500.0}
+
+
+def test_links_open_the_training_view_of_a_local_store_or_a_server():
+    local = "sqlite:////tmp/runs/mlflow.db"
+    assert ui_command(local) == f"mlflow ui --backend-store-uri {local}"
+    assert dashboard_url(local, "3", "abc") == \
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    server = "http://127.0.0.1:8123/"
+    assert ui_command(server) is None
+    assert dashboard_url(server, "3", search="tags.sweep_id = 'x'") == (
+        "http://127.0.0.1:8123/#/experiments/3/runs?workflowType=machine_learning"
+        "&searchFilter=tags.sweep_id%20%3D%20%27x%27")
+
+
+def test_summaries_name_the_run_or_sweep_and_where_to_look():
+    text = run_summary("t x s", "abc", Path("runs/x/output.png"), "content distance 0.5",
+                       "http://h/#/r", "mlflow ui --backend-store-uri sqlite:///db")
+    assert text.splitlines()[0] == "Run 't x s' finished: content distance 0.5"
+    assert "runs/x/output.png" in text and "abc" in text and "then open http://h/#/r" in text
+    command = compare_command("S1", "style_exp", None)
+    assert command == "python -m style_exp.compare --sweep S1"
+    assert compare_command("S1", "other", "http://h") == (
+        "python -m style_exp.compare --sweep S1 --experiment other --tracking-uri http://h")
+    assert "Sweep S1: 3 runs" in sweep_summary("S1", 3, command, "http://h/#/s", None)
+
+
+def test_help_describes_the_main_keys_and_hides_the_schemas():
+    done = subprocess.run([sys.executable, str(PROJECT / "run.py"), "optimizer=lbfgs", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "loss.style_weight=W" in done.stdout and "optimizer:  adam, lbfgs*" in done.stdout
+    assert "_schema" not in done.stdout and "python -m style_exp.compare" in done.stdout
