@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from style_exp import color, device
+from style_exp import cluster, color
 from style_exp.config import blend_weights, layer_weights, scale_plan, style_paths, validate
 from style_exp.demo import demo_paintings, demo_photo
 from style_exp.images import file_sha256, load_image, resize, resize_longest, save_image
@@ -195,11 +195,11 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
     started = time.perf_counter()
     overridden = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
     cfg = apply_demo_defaults(cfg, overridden)
-    uri = cfg.tracking.uri or default_tracking_uri()
+    uri = cluster.without_credentials(cfg.tracking.uri) or default_tracking_uri()
     output_dir.mkdir(parents=True, exist_ok=True)
-    device.configure(cfg.threads.intra_op, cfg.threads.inter_op)
+    thread_tags = cluster.configure_threads(cfg.threads)
     with tracked_run(uri, cfg.tracking.experiment,
-                     tags={**environment_tags(), **(tags or {})}) as active:
+                     tags={**environment_tags(), **thread_tags, **(tags or {})}) as active:
         mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         mlflow.log_text("\n".join(overrides) + "\n", "overrides.txt")

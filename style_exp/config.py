@@ -14,6 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig
 
+from style_exp.cluster import register_launchers
 from style_exp.color import COLOR_MODES
 from style_exp.videoio import is_clip
 from style_exp.weights import POOLING, PRECISIONS, VGG19_LAYERS
@@ -105,6 +106,14 @@ class ThreadsConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """What each job asks a cluster scheduler (Ray, SLURM) for; its threads follow the CPUs."""
+
+    cpus: int = 1
+    gpus: int = 0
+
+
+@dataclass
 class DemoConfig:
     """Used when no content/style is given: keeps `python run.py` to a couple of minutes."""
 
@@ -136,6 +145,7 @@ class Config:
     init: InitConfig = MISSING
     video: VideoConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
@@ -149,6 +159,7 @@ def register_schemas() -> None:
     store.store(group="optimizer", name="lbfgs_schema", node=LBFGSConfig)
     store.store(group="init", name="init_schema", node=InitConfig)
     store.store(group="video", name="video_schema", node=VideoConfig)
+    register_launchers(store)
 
 
 def style_paths(style: Any) -> list[str]:
@@ -247,6 +258,8 @@ def validate(cfg: DictConfig | Config) -> None:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
     _non_negative("threads.intra_op", cfg.threads.intra_op)
     _non_negative("threads.inter_op", cfg.threads.inter_op)
+    _positive("resources.cpus", cfg.resources.cpus)
+    _non_negative("resources.gpus", cfg.resources.gpus)
     if cfg.color not in COLOR_MODES:
         raise ConfigError(f"color must be one of {COLOR_MODES}, got {cfg.color!r}")
     scale_plan(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import platform
 import subprocess
 import time
@@ -25,8 +26,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_tracking_uri() -> str:
-    """A local SQLite store in ``runs/`` under the working directory."""
-    return f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
+    """``MLFLOW_TRACKING_URI`` (a team server), else a SQLite store in ``runs/`` here."""
+    local = f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or local
 
 
 def experiment_id(tracking_uri: str, name: str) -> str:
@@ -68,32 +70,47 @@ def library_versions() -> dict[str, str]:
 def sweep_tags(sweep_dir: Path, job_number: int, job_overrides: list[str]) -> dict[str, str]:
     """Tags that group one sweep's runs and carry each run's swept values.
 
-    The sweep id comes from Hydra's sweep directory, which every job of a sweep
-    shares whatever the launcher (separate processes included). The swept keys are
-    those the sweep's command line gave several values, read back from the
-    ``multirun.yaml`` Hydra writes there before the first job starts.
+    A job on a cluster gets the sweep's identity from the driver (see ``cluster``);
+    elsewhere it reads it from the sweep directory.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
+    from style_exp.cluster import driver_sweep
 
-    resolved = sweep_dir.resolve()
-    sweep_id = f"{resolved.parent.name}_{resolved.name}-" + hashlib.sha1(
-        str(resolved).encode()).hexdigest()[:6]
+    sweep_id, swept = driver_sweep() or sweep_identity(sweep_dir)
     tags = {"sweep_id": sweep_id, "sweep.job": str(job_number)}
-    multirun = sweep_dir / "multirun.yaml"
-    swept: set[str] = set()
-    if multirun.is_file():
-        command_line = list(OmegaConf.load(multirun).hydra.overrides.task)
-        parser = OverridesParser.create()
-        swept = {o.key_or_group for o in parser.parse_overrides(command_line)
-                 if o.is_sweep_override()}
-        sweeper_params = OmegaConf.load(multirun).hydra.sweeper.get("params") or {}
-        swept |= set(sweeper_params)
     for override in job_overrides:
         key, _, value = override.partition("=")
         if key.lstrip("+~") in swept:
             tags[f"sweep.{key.lstrip('+~')}"] = value
     return tags
+
+
+def sweep_identity(sweep_dir: Path) -> tuple[str, set[str]]:
+    """The sweep's id and swept keys, read back from the ``multirun.yaml`` Hydra writes in
+    the sweep directory before the first job starts."""
+    from omegaconf import OmegaConf
+
+    multirun = sweep_dir / "multirun.yaml"
+    if not multirun.is_file():
+        return sweep_id(sweep_dir), set()
+    hydra = OmegaConf.load(multirun).hydra
+    return sweep_id(sweep_dir), swept_keys(list(hydra.overrides.task),
+                                           hydra.sweeper.get("params"))
+
+
+def sweep_id(sweep_dir: Path) -> str:
+    """From Hydra's sweep directory, which every job of a sweep shares whatever the launcher
+    (separate processes included)."""
+    resolved = sweep_dir.resolve()
+    return f"{resolved.parent.name}_{resolved.name}-" + hashlib.sha1(
+        str(resolved).encode()).hexdigest()[:6]
+
+
+def swept_keys(command_line: list[str], sweeper_params: Mapping[str, Any] | None) -> set[str]:
+    """The keys the sweep's command line (or the sweeper's params) gave several values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(command_line)
+    return {o.key_or_group for o in parsed if o.is_sweep_override()} | set(sweeper_params or {})
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

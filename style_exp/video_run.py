@@ -31,7 +31,7 @@ from style_exp.video import Frame, FrameStore, VideoSettings, stylize_video
 from style_exp.videoio import Clip, write_preview, write_video
 
 # Keys that change neither which frames are made nor how: left out of the resume key.
-NOT_IN_KEY = ("tracking", "progress", "threads", "demo")
+NOT_IN_KEY = ("tracking", "progress", "threads", "resources", "demo")
 NOT_IN_VIDEO_KEY = ("resume", "max_frames", "fps")
 
 
