@@ -379,6 +379,10 @@ def start(directory: Path, host: str, port: int, db_host: str,
 def _start(layout: Layout, host: str, port: int, db_host: str,
            backend_store_uri: str | None) -> dict[str, object]:
     keys = load_secrets(layout)
+    if backend_store_uri and backend_store_uri != keys.get("backend_store_uri"):
+        keys["backend_store_uri"] = backend_store_uri  # later starts of DIR use it too
+        write_private(layout.secrets, json.dumps(keys, indent=1))
+    backend_store_uri = keys.get("backend_store_uri")
     state: dict[str, object] = {"host": host, "port": port, "postgres_pid": None}
     if backend_store_uri:
         tracking_uri = auth_uri = sqlalchemy_uri(backend_store_uri)
@@ -451,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     start_parser.add_argument("--db-host", default=LOOPBACK,
                               help="address PostgreSQL listens on (default loopback)")
     start_parser.add_argument("--backend-store-uri", default=None,
-                              help="an existing postgresql:// database instead of our own")
+                              help="an existing postgresql:// database instead of our own "
+                              "(remembered for later starts of DIR)")
     args = parser.parse_args(argv)
     try:
         if args.command == "start":

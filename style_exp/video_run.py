@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from style_exp.videoio import Clip, write_preview, write_video
 # Keys that change neither which frames are made nor how: left out of the resume key.
 NOT_IN_KEY = ("tracking", "progress", "threads", "resources", "demo")
 NOT_IN_VIDEO_KEY = ("resume", "max_frames", "fps")
+FRAME_FOLDERS = ("frames", "working", "metrics")  # a FrameStore's layout, mirrored in artifacts
 
 
 def resume_key(cfg: DictConfig, input_hashes: dict[str, str]) -> str:
@@ -46,16 +48,34 @@ def resume_key(cfg: DictConfig, input_hashes: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def earlier_frames(tracking_uri: str, experiment_id: str, key: str, run_id: str) -> Path | None:
-    """The frames directory of the latest earlier run with ``key`` that still exists."""
+def earlier_frames(tracking_uri: str, experiment_id: str, key: str, run_id: str,
+                   download_dir: Path) -> tuple[str, FrameStore] | None:
+    """The latest earlier run with ``key`` that has finished frames: its id and its frames.
+
+    Read in place when that run's directory is on this machine, else downloaded from its
+    artifacts (each frame is logged as it is finished), so a job resumes on any worker.
+    """
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([experiment_id], f"tags.`video.key` = '{key}'",
                               order_by=["attributes.start_time DESC"])
     for run in runs:
-        directory = Path(run.data.tags.get("video.store", ""))
-        if run.info.run_id != run_id and directory.is_dir() and FrameStore(directory).finished():
-            return directory
+        if run.info.run_id == run_id:
+            continue
+        local = run.data.tags.get("video.store")
+        if local and Path(local).is_dir() and FrameStore(Path(local)).finished():
+            return run.info.run_id, FrameStore(Path(local))
+        downloaded = _download_frames(client, run.info.run_id, download_dir / run.info.run_id)
+        if downloaded.finished():
+            return run.info.run_id, downloaded
     return None
+
+
+def _download_frames(client: MlflowClient, run_id: str, directory: Path) -> FrameStore:
+    directory.mkdir(parents=True, exist_ok=True)
+    for folder in FRAME_FOLDERS:
+        if client.list_artifacts(run_id, folder):
+            client.download_artifacts(run_id, folder, str(directory))
+    return FrameStore(directory)
 
 
 def settings_from(cfg: DictConfig) -> VideoSettings:
@@ -70,9 +90,11 @@ def settings_from(cfg: DictConfig) -> VideoSettings:
 class FrameLogger:
     """``on_frame`` callback: per-frame metrics to MLflow and a progress bar over frames."""
 
-    def __init__(self, run_id: str, tracking_uri: str, count: int, progress: bool):
+    def __init__(self, run_id: str, tracking_uri: str, store: FrameStore, count: int,
+                 progress: bool):
         self.run_id = run_id
         self.client = MlflowClient(tracking_uri)
+        self.store = store
         self.bar = tqdm(total=count, disable=not progress, unit="frame", dynamic_ncols=True)
         self.frames: list[Frame] = []
 
@@ -81,6 +103,8 @@ class FrameLogger:
         metrics = [Metric(name, value, timestamp, frame.index)
                    for name, value in frame.metrics.items() if math.isfinite(value)]
         self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+        for path in self.store.files(frame.index):  # resumable from any machine
+            self.client.log_artifact(self.run_id, str(path), path.parent.name)
         self.frames.append(frame)
         self.bar.update(1)
         error = frame.metrics.get("video/temporal_error")
@@ -115,16 +139,18 @@ def run_clip(cfg: DictConfig, clip: Clip, styles: list[np.ndarray], blend: list[
     mlflow.set_tags({"style_exp.kind": "video", "video.key": key,
                      "video.store": str(output_dir.resolve())})
     if cfg.video.resume:
-        earlier = earlier_frames(tracking_uri, run.info.experiment_id, key, run.info.run_id)
-        if earlier is not None:
-            reused = store.copy_from(FrameStore(earlier))
-            mlflow.set_tags({"video.resumed_from": str(earlier), "video.reused_frames": reused})
+        with tempfile.TemporaryDirectory() as download_dir:
+            earlier = earlier_frames(tracking_uri, run.info.experiment_id, key,
+                                     run.info.run_id, Path(download_dir))
+            if earlier is not None:
+                reused = store.copy_from(earlier[1])
+                mlflow.set_tags({"video.resumed_from": earlier[0], "video.reused_frames": reused})
 
     def problem_for(frame: np.ndarray) -> Problem:
         content, prepared = color.prepare(frame, styles, cfg.color)
         return Problem(content, prepared, blend, loss)
 
-    logger = FrameLogger(run.info.run_id, tracking_uri, clip.count, cfg.progress)
+    logger = FrameLogger(run.info.run_id, tracking_uri, store, clip.count, cfg.progress)
     try:
         frames = stylize_video(
             clip.frames(), problem_for, lambda image, frame: color.finish(image, frame, cfg.color),
@@ -145,4 +171,3 @@ def _write_outputs(frames: list[Frame], store: FrameStore, clip: Clip, output_di
     poster = save_image(frames[-1].image, output_dir / "output.png")
     for path in (video, preview, poster):
         mlflow.log_artifact(str(path))
-    mlflow.log_artifacts(str(store.frames), "frames")
