@@ -136,3 +136,12 @@ def without_credentials(uri: str | None) -> str | None:
         raise ConfigError("tracking.uri must not contain a password: set "
                           "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
     return uri
+
+
+def export_project_path() -> None:
+    """Let jobs that start a fresh interpreter (submitit, SLURM) import this project.
+
+    They inherit the driver's environment but not ``run.py``'s directory on the path.
+    """
+    paths = [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)

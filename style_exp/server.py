@@ -120,15 +120,14 @@ def check_port(host: str, port: int) -> None:
 
 
 def alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs (an exited process not yet reaped by its parent does not)."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 # PostgreSQL ------------------------------------------------------------------------------
@@ -367,6 +366,8 @@ def start(directory: Path, host: str, port: int, db_host: str,
           backend_store_uri: str | None) -> dict[str, object]:
     """Bring up the database (unless given one) and the server; return what was started."""
     check_port(host, port)
+    if backend_store_uri:
+        sqlalchemy_uri(backend_store_uri)  # refuse a bad URI before DIR is touched
     layout = prepare_dir(directory)
     try:
         return _start(layout, host, port, db_host, backend_store_uri)
