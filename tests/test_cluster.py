@@ -337,3 +337,28 @@ def test_tracking_uri_with_a_password_is_refused():
     with pytest.raises(ConfigError, match="must not contain a password"):
         cluster.without_credentials("http://admin:hunter2@127.0.0.1:5000")
     assert cluster.without_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_launcher_presets_compose_from_the_readme_commands():
+    """The README's SLURM command (no SLURM here) and the Ray preset's resource requests."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+        slurm = compose("config", return_hydra_config=True, overrides=[
+            "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "resources.gpus=1",
+            "resources.cpus=4", "hydra.launcher.timeout_min=240",
+            "hydra.launcher.array_parallelism=16", "hydra.launcher.qos=high"]).hydra.launcher
+        ray = compose("config", return_hydra_config=True,
+                      overrides=["hydra/launcher=ray", "resources.gpus=1"]).hydra.launcher.ray
+    assert (slurm.partition, slurm.gpus_per_task, slurm.cpus_per_task) == ("gpu", 1, 4)
+    assert (slurm.timeout_min, slurm.array_parallelism, slurm.qos) == (240, 16, "high")
+    assert slurm._target_.endswith("SlurmLauncher")
+    assert (ray.remote.num_cpus, ray.remote.num_gpus) == (1, 1)
+    assert ray.init.object_store_memory is None
+
+
+def test_threads_follow_the_cpus_slurm_gave(monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert cluster.allotted_cpus() == 3
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert cluster.allotted_cpus() is None
