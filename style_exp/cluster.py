@@ -23,9 +23,11 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.config_source import ConfigLoadError
 from omegaconf import OmegaConf
 
-# Driver environment variables a worker needs: where and as whom to log, the weights cache.
+# Driver environment variables a worker needs: where and as whom to log, the weights
+# cache, and how much TensorFlow may print.
 FORWARDED = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-             "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_SERVER_CERT_PATH", "STYLE_EXP_CACHE")
+             "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_SERVER_CERT_PATH", "STYLE_EXP_CACHE",
+             "TF_CPP_MIN_LOG_LEVEL")
 SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 RAY_LAUNCHER_LOGGER = "hydra_plugins.hydra_ray_launcher._launcher_util"  # logs ray.init's config
 SWEEP_ENV = "STYLE_EXP_SWEEP"  # {"id": ..., "swept": [...]}, computed by the driver
