@@ -41,7 +41,8 @@ def run_mode(extra: list[str], jobs: int, size: int, iterations: int,
                "seed=" + ",".join(str(s) for s in range(jobs)), f"size={size}",
                f"iterations={iterations}", "progress=false", f"tracking.uri={uri}",
                f"hydra.sweep.dir={workdir / 'sweep'}"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_AUTH_MODE": "disabled"}  # loopback only; leave no token in ~/.ray
     started = time.perf_counter()
     done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started

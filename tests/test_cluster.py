@@ -30,7 +30,8 @@ from style_exp.videoio import write_video
 
 CLUSTER_EXPERIMENT = "cluster"
 TINY = ["size=48", "iterations=5", "progress=false", "tracking.log_every=1"]
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray binds to loopback only
+# Ray binds to loopback only, and without token auth whatever ~/.ray holds.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def require(program: str) -> str:
@@ -115,15 +116,16 @@ def our_ray_processes(temp_dir: Path) -> list[int]:
 
 def wait_for_node(address: str, head: subprocess.Popen, env: dict[str, str]) -> None:
     """`ray status` exits 0 before the node is up; wait for it to list an active node."""
-    deadline = time.monotonic() + 120
+    deadline, said = time.monotonic() + 120, ""
     while time.monotonic() < deadline:
         assert head.poll() is None, "ray start --head exited early"
         status = subprocess.run(["ray", "status", "--address", address], env=env,
                                 capture_output=True, text=True, timeout=60)
         if " node_" in status.stdout:
             return
+        said = (status.stderr.strip().splitlines() or [""])[0]
         time.sleep(1)
-    pytest.fail(f"the Ray head at {address} did not come up within 120 s")
+    pytest.fail(f"the Ray head at {address} did not come up within 120 s ({said})")
 
 
 @pytest.fixture(scope="module")
