@@ -3,9 +3,11 @@
 import hydra
 from omegaconf import DictConfig
 
+from style_exp.cluster import export_project_path
 from style_exp.config import register_schemas
 
 register_schemas()
+export_project_path()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

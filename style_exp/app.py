@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from style_exp import device
+from style_exp import cluster
 from style_exp.config import validate, with_demo_defaults
 from style_exp.console import ProgressBar, run_summary
 from style_exp.images import file_sha256, resize_longest, save_image
@@ -73,10 +73,9 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
     started = time.perf_counter()
     given = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
     cfg = with_demo_defaults(cfg, given)
-    uri = cfg.tracking.uri or default_tracking_uri()
+    uri = cluster.without_credentials(cfg.tracking.uri) or default_tracking_uri()
     output_dir.mkdir(parents=True, exist_ok=True)
-    device.configure(cfg.threads.intra_op, cfg.threads.inter_op)
-    tags = tags or {}
+    tags = {**cluster.configure_threads(cfg.threads), **(tags or {})}
     name = run_name(cfg.content, cfg.style, cfg.demo.styles, swept_values(tags))
     with tracked_run(uri, cfg.tracking.experiment, run_name=name,
                      tags={**environment_tags(), **tags}) as active:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from style_exp.cluster import register_launchers
 from style_exp.color import COLOR_MODES
 from style_exp.init import InitSettings
 from style_exp.settings import (
@@ -36,7 +37,7 @@ MIN_TILE = 64  # px: smaller tiles spend nearly all their time on the halo
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Keys that change no pixel of the result: where it is recorded, what the terminal shows,
 # threading, and the demo's sizes (already copied into size/iterations when they apply).
-NO_EFFECT_KEYS = ("tracking", "progress", "threads", "demo")
+NO_EFFECT_KEYS = ("tracking", "progress", "threads", "resources", "demo")
 DEFAULT_STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 Settings = TypeVar("Settings")
 
@@ -85,6 +86,14 @@ class ThreadsConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """What each job asks a cluster scheduler (Ray, SLURM) for; its threads follow the CPUs."""
+
+    cpus: int = 1
+    gpus: int = 0
+
+
+@dataclass
 class DemoConfig:
     """Used when no content/style is given: keeps `python run.py` to a couple of minutes."""
 
@@ -117,6 +126,7 @@ class Config:
     init: InitSettings = MISSING
     video: VideoConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
@@ -132,6 +142,7 @@ def register_schemas() -> None:
         store.store(group="optimizer", name=f"{name}_schema", node=optimizer_schema(name, settings))
     store.store(group="init", name="init_schema", node=InitSettings)
     store.store(group="video", name="video_schema", node=VideoConfig)
+    register_launchers(store)
 
 
 def config_groups(chosen: Mapping[str, Any]) -> str:
@@ -275,6 +286,8 @@ def validate(cfg: DictConfig | Config) -> None:
     settings_from(cfg.init, InitSettings).check("init.")
     check_choice("precision", cfg.precision, PRECISIONS)
     check_choice("color", cfg.color, COLOR_MODES)
+    check_positive("resources.cpus", cfg.resources.cpus)
+    check_non_negative("resources.gpus", cfg.resources.gpus)
     scale_plan(cfg)
     if cfg.tiles != 0 and cfg.tiles < MIN_TILE:
         raise ConfigError(f"tiles must be 0 (off) or at least {MIN_TILE} px, got {cfg.tiles}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import subprocess
 import time
@@ -41,8 +42,9 @@ INPUT_KEYS = ("content", "style")
 
 
 def default_tracking_uri() -> str:
-    """A local SQLite store in ``runs/`` under the working directory."""
-    return f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
+    """``MLFLOW_TRACKING_URI`` (a team server), else a SQLite store in ``runs/`` here."""
+    local = f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or local
 
 
 def experiment_id(tracking_uri: str, name: str) -> str:
@@ -88,28 +90,39 @@ def library_versions() -> dict[str, str]:
 def sweep_tags(sweep_dir: Path, job_number: int, job_overrides: list[str]) -> dict[str, str]:
     """Tags that group one sweep's runs and carry each run's swept values.
 
-    The swept keys are
-    those the sweep's command line gave several values, read back from the
-    ``multirun.yaml`` Hydra writes there before the first job starts.
+    A job on a cluster gets the sweep's identity from the driver (see ``cluster``);
+    elsewhere it reads it from the sweep directory.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
+    from style_exp.cluster import driver_sweep
 
-    tags = {"sweep_id": sweep_id(sweep_dir), "sweep.job": str(job_number)}
-    multirun = sweep_dir / "multirun.yaml"
-    swept: set[str] = set()
-    if multirun.is_file():
-        command_line = list(OmegaConf.load(multirun).hydra.overrides.task)
-        parser = OverridesParser.create()
-        swept = {o.key_or_group for o in parser.parse_overrides(command_line)
-                 if o.is_sweep_override()}
-        sweeper_params = OmegaConf.load(multirun).hydra.sweeper.get("params") or {}
-        swept |= set(sweeper_params)
+    sweep_id, swept = driver_sweep() or sweep_identity(sweep_dir)
+    tags = {"sweep_id": sweep_id, "sweep.job": str(job_number)}
     for override in job_overrides:
         key, _, value = override.partition("=")
         if key.lstrip("+~") in swept:
             tags[f"sweep.{key.lstrip('+~')}"] = value
     return tags
+
+
+def sweep_identity(sweep_dir: Path) -> tuple[str, set[str]]:
+    """The sweep's id and swept keys, read back from the ``multirun.yaml`` Hydra writes in
+    the sweep directory before the first job starts."""
+    from omegaconf import OmegaConf
+
+    multirun = sweep_dir / "multirun.yaml"
+    if not multirun.is_file():
+        return sweep_id(sweep_dir), set()
+    hydra = OmegaConf.load(multirun).hydra
+    return sweep_id(sweep_dir), swept_keys(list(hydra.overrides.task),
+                                           hydra.sweeper.get("params"))
+
+
+def swept_keys(command_line: list[str], sweeper_params: Mapping[str, Any] | None) -> set[str]:
+    """The keys the sweep's command line (or the sweeper's params) gave several values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(command_line)
+    return {o.key_or_group for o in parsed if o.is_sweep_override()} | set(sweeper_params or {})
 
 
 def swept_values(tags: Mapping[str, str]) -> dict[str, str]:

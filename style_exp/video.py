@@ -79,6 +79,10 @@ class FrameStore:
         working = load_image(working_path) if working_path.is_file() else image
         return Frame(index, image, working, json.loads(metrics_path.read_text()))
 
+    def files(self, index: int) -> list[Path]:
+        """The files that make frame ``index`` resumable, as far as they exist."""
+        return [path for path in self._paths(index) if path.is_file()]
+
     def finished(self) -> int:
         """How many frames from the start are finished."""
         count = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -28,6 +29,7 @@ from style_exp.videoio import Clip, write_preview, write_video
 
 # Video keys that change neither which frames are made nor how: left out of the resume key.
 NOT_IN_VIDEO_KEY = ("resume", "max_frames", "fps")
+FRAME_FOLDERS = ("frames", "working", "metrics")  # a FrameStore's layout, mirrored in artifacts
 
 
 def resume_key(cfg: DictConfig, input_hashes: dict[str, str]) -> str:
@@ -41,16 +43,34 @@ def resume_key(cfg: DictConfig, input_hashes: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def earlier_frames(tracking_uri: str, experiment_id: str, key: str, run_id: str) -> Path | None:
-    """The frames directory of the latest earlier run with ``key`` that still exists."""
+def earlier_frames(tracking_uri: str, experiment_id: str, key: str, run_id: str,
+                   download_dir: Path) -> tuple[str, FrameStore] | None:
+    """The latest earlier run with ``key`` that has finished frames: its id and its frames.
+
+    Read in place when that run's directory is on this machine, else downloaded from its
+    artifacts (each frame is logged as it is finished), so a job resumes on any worker.
+    """
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([experiment_id], f"tags.`video.key` = '{key}'",
                               order_by=["attributes.start_time DESC"])
     for run in runs:
-        directory = Path(run.data.tags.get("video.store", ""))
-        if run.info.run_id != run_id and directory.is_dir() and FrameStore(directory).finished():
-            return directory
+        if run.info.run_id == run_id:
+            continue
+        local = run.data.tags.get("video.store")
+        if local and Path(local).is_dir() and FrameStore(Path(local)).finished():
+            return run.info.run_id, FrameStore(Path(local))
+        downloaded = _download_frames(client, run.info.run_id, download_dir / run.info.run_id)
+        if downloaded.finished():
+            return run.info.run_id, downloaded
     return None
+
+
+def _download_frames(client: MlflowClient, run_id: str, directory: Path) -> FrameStore:
+    directory.mkdir(parents=True, exist_ok=True)
+    for folder in FRAME_FOLDERS:
+        if client.list_artifacts(run_id, folder):
+            client.download_artifacts(run_id, folder, str(directory))
+    return FrameStore(directory)
 
 
 def run_clip(cfg: DictConfig, job: Job, output_dir: Path, tracking_uri: str,
@@ -62,10 +82,12 @@ def run_clip(cfg: DictConfig, job: Job, output_dir: Path, tracking_uri: str,
     mlflow.set_tags({"style_exp.kind": "video", "video.key": key,
                      "video.store": str(output_dir.resolve())})
     if cfg.video.resume:
-        earlier = earlier_frames(tracking_uri, run.info.experiment_id, key, run.info.run_id)
-        if earlier is not None:
-            reused = store.copy_from(FrameStore(earlier))
-            mlflow.set_tags({"video.resumed_from": str(earlier), "video.reused_frames": reused})
+        with tempfile.TemporaryDirectory() as download_dir:
+            earlier = earlier_frames(tracking_uri, run.info.experiment_id, key,
+                                     run.info.run_id, Path(download_dir))
+            if earlier is not None:
+                reused = store.copy_from(earlier[1])
+                mlflow.set_tags({"video.resumed_from": earlier[0], "video.reused_frames": reused})
 
     logger = MetricsLogger(run.info.run_id, tracking_uri)
     bar = ProgressBar(job.clip.count, cfg.progress, unit="frame")
@@ -73,6 +95,8 @@ def run_clip(cfg: DictConfig, job: Job, output_dir: Path, tracking_uri: str,
     def on_frame(frame: Frame, _reused: bool) -> None:
         progress = Progress(frame.index, job.clip.count, frame.metrics)
         logger(progress)
+        for path in store.files(frame.index):  # resumable from any machine
+            logger.client.log_artifact(run.info.run_id, str(path), path.parent.name)
         bar(dataclasses.replace(progress, step=frame.index + 1))
 
     try:
@@ -94,4 +118,3 @@ def _write_outputs(frames: list[Frame], store: FrameStore, clip: Clip, output_di
     poster = save_image(frames[-1].image, output_dir / "output.png")
     for path in (video, preview, poster):
         mlflow.log_artifact(str(path))
-    mlflow.log_artifacts(str(store.frames), "frames")

