@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
+from style_exp.config import Config
 from style_exp.images import file_sha256
 from style_exp.tracking import default_tracking_uri
 
@@ -63,7 +64,9 @@ def reproduce(run_id: str, tracking_uri: str, out: Path) -> Comparison:
         try:
             record = json.loads(Path(client.download_artifacts(
                 run_id, "reproduce.json", workdir)).read_text())
-            config = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", workdir))
+            # On the schema's defaults: a run recorded before a key existed still loads.
+            config = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(
+                client.download_artifacts(run_id, "config.yaml", workdir)))
             original = np.asarray(Image.open(client.download_artifacts(
                 run_id, "output.png", workdir)).convert("RGB"))
         except (OSError, ValueError, MlflowException) as error:
