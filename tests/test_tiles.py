@@ -6,7 +6,8 @@ import tensorflow as tf
 from conftest import gradient_image, stripes_image
 
 from style_exp.losses import LossWeights, gram_matrix
-from style_exp.stylize import Problem, build_network, compute_targets, loss_and_gradient
+from style_exp.settings import AdamSettings
+from style_exp.stylize import Problem, build_network, compute_targets, loss_and_gradient, stylize
 from style_exp.tiles import TiledLoss, exact_halo, tile_grid, tiled_grams
 
 # Shallow layers keep the exact halo (16 px) and the test small; the benchmark checks the
@@ -68,3 +69,13 @@ def test_tiled_loss_and_gradient_match_the_untiled(network, case, halo, toleranc
     assert difference < tolerance
     for name in ("content", "style", "tv", "total"):
         assert float(tiled_terms[name]) == pytest.approx(float(terms[name]), rel=tolerance)
+
+
+def test_a_tiled_run_follows_the_untiled_one(network, case):
+    problem, _, _ = case
+    init = problem.content + np.random.default_rng(0).normal(0, 8, problem.content.shape)
+    init = init.astype(np.float32)
+    whole = stylize(problem, network, init, AdamSettings(), 3, log_every=3)
+    tiled = stylize(problem, network, init, AdamSettings(), 3, log_every=3, tile=64)
+    assert np.abs(tiled.image - whole.image).max() < 0.1
+    assert tiled.metrics["loss/total"] == pytest.approx(whole.metrics["loss/total"], rel=1e-4)

@@ -1,0 +1,147 @@
+"""Tiled optimisation: exactness against the untiled loss, peak memory and time per pixel.
+
+    python -m benchmarks.tiles --exact-size 512 --sizes 512 1024 1536 2048 --tile 512
+
+1. Exactness: at ``--exact-size`` (stata in the style of starry_night, the paper's
+   layers, float32) the loss terms and the gradient computed by tiles against the
+   untiled ones, as relative differences.
+2. Memory and time: for each size, a fresh process runs a few Adam steps untiled and
+   one tiled, reporting its peak RSS and the median time of the steps after the first;
+   time per megapixel shows the overhead of tiling. Untiled sizes that would not fit
+   (``--max-untiled``) are skipped.
+
+Prints the tables, writes them to ``runs/benchmarks/tiles`` and logs one MLflow run to
+the ``benchmarks`` experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from style_exp.tables import write_tables
+
+IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", Path(__file__).resolve().parents[2]
+                             / "shared" / "images"))
+LAYERS = {"content": {"relu4_2": 1.0}, "style": {f"relu{i}_1": 0.2 for i in range(1, 6)}}
+
+
+def _problem(size: int):
+    from style_exp.images import load_image
+    from style_exp.losses import LossWeights
+    from style_exp.stylize import Problem
+
+    loss = LossWeights(5.0, 500.0, 100.0, LAYERS["content"], LAYERS["style"])
+    return Problem(load_image(IMAGES / "stata.jpg", size),
+                   [load_image(IMAGES / "starry_night.jpg", size)], [1.0], loss)
+
+
+def exactness(size: int, tile: int) -> list[dict[str, object]]:
+    """Relative differences of each loss term and of the gradient, tiled against untiled."""
+    import tensorflow as tf
+
+    from style_exp.stylize import build_network, compute_targets, loss_and_gradient
+    from style_exp.tiles import TiledLoss
+    from style_exp.weights import load_weights
+
+    problem = _problem(size)
+    network = build_network(load_weights(), problem.loss, "max")
+    image = tf.constant((0.5 * problem.content + 0.5 * 128.0)[None])
+    terms, gradient = loss_and_gradient(network, image, compute_targets(network, problem),
+                                        problem.loss)
+    tiled = TiledLoss(network, problem.loss, problem.content, tile)
+    tiled_terms, tiled_gradient = tiled(image, compute_targets(network, problem, tile))
+    rows = [{"quantity": f"loss/{name}", "untiled": float(terms[name]),
+             "tiled": float(tiled_terms[name]),
+             "relative_difference": abs(float(tiled_terms[name]) / float(terms[name]) - 1)}
+            for name in ("content", "style", "tv", "total")]
+    rows.append({"quantity": "gradient (L2)", "untiled": float(tf.norm(gradient)),
+                 "tiled": float(tf.norm(tiled_gradient)),
+                 "relative_difference": float(tf.norm(tiled_gradient - gradient)
+                                              / tf.norm(gradient))})
+    print(f"{size} px, tiles of {tile} px, {len(tiled.tiles)} tiles, halo {tiled.halo} px")
+    return rows
+
+
+def probe(size: int, tile: int, precision: str, steps: int) -> dict[str, object]:
+    """A few Adam steps in this (fresh) process: peak RSS and steady time per step."""
+    from style_exp.settings import AdamSettings
+    from style_exp.stylize import build_network, stylize
+    from style_exp.weights import load_weights
+
+    problem = _problem(size)
+    network = build_network(load_weights(), problem.loss, "max", precision)
+    stamps: list[float] = []
+    stylize(problem, network, problem.content, AdamSettings(), steps, log_every=1, tile=tile,
+            callback=lambda _progress: stamps.append(time.perf_counter()))
+    height, width = problem.content.shape[:2]
+    step_s = statistics.median(b - a for a, b in itertools.pairwise(stamps[1:]))
+    return {"image": f"{width}x{height}", "mode": f"tiles of {tile}" if tile else "untiled",
+            "precision": precision,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+            "s_per_step": step_s, "s_per_megapixel": step_s / (width * height / 1e6)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exact-size", type=int, default=512)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 1536, 2048])
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--max-untiled", type=int, default=2048,
+                        help="largest size tried untiled (larger ones would not fit)")
+    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/tiles"))
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(probe(**json.loads(args.worker))), flush=True)
+        return
+
+    exact = exactness(args.exact_size, args.tile)
+    memory = []
+    for size in args.sizes:
+        for tile in ([0] if size <= args.max_untiled else []) + [args.tile]:
+            job = {"size": size, "tile": tile, "precision": args.precision, "steps": args.steps}
+            done = subprocess.run([sys.executable, "-m", "benchmarks.tiles", "--worker",
+                                   json.dumps(job)], capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"{size} px, tile {tile}: failed\n{done.stderr[-1500:]}", flush=True)
+                continue
+            memory.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(memory[-1], flush=True)
+    paths = [*write_tables(exact, args.out / "exactness", f"{args.exact_size} px, tiles of "
+                           f"{args.tile} px, float32, the paper's layers"),
+             *write_tables(memory, args.out / "memory", f"{args.steps} Adam steps per process; "
+                           "time is the median step after the first")]
+    for path in paths[1::2]:
+        print(path.read_text())
+    log_to_mlflow(args, paths)
+
+
+def log_to_mlflow(args: argparse.Namespace, paths: list[Path]) -> None:
+    import mlflow
+
+    from style_exp.tracking import default_tracking_uri, environment_tags, experiment_id
+
+    uri = args.tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=experiment_id(uri, "benchmarks"), run_name="tiles",
+                          tags={**environment_tags(), "benchmark": "tiles"}):
+        mlflow.log_params({k: v for k, v in vars(args).items() if k not in ("out", "worker")})
+        for path in paths:
+            mlflow.log_artifact(str(path))
+
+
+if __name__ == "__main__":
+    main()
