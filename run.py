@@ -1,8 +1,9 @@
-"""Entry point: `python run.py [key=value ...]` (see README.md)."""
+"""Entry point: `python run.py [key=value ...]` (see README.md; exit codes: style_exp/cli.py)."""
 
 import hydra
 from omegaconf import DictConfig
 
+from style_exp import cli
 from style_exp.config import register_schemas
 
 register_schemas()
@@ -10,10 +11,8 @@ register_schemas()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from style_exp.app import run_hydra_job  # imported late: TensorFlow loads only for runs
-
-    print(f"wrote {run_hydra_job(cfg)}")
+    cli.run_job(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(main)

@@ -18,14 +18,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from style_exp import device
-from style_exp.config import validate, with_demo_defaults
+from style_exp.config import default_tracking_uri, overridden_keys, with_demo_defaults
 from style_exp.console import ProgressBar
 from style_exp.images import file_sha256, resize_longest, save_image
 from style_exp.job import Job, prepare
 from style_exp.stylize import Interrupted, Progress, Result, stylize_scales
 from style_exp.tracking import (
     MetricsLogger,
-    default_tracking_uri,
     environment_tags,
     flatten,
     library_versions,
@@ -54,9 +53,13 @@ def run_hydra_job(cfg: DictConfig) -> Path:
 
 def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
         tags: dict[str, str] | None = None) -> Result | list[Frame]:
-    """Run one configured stylisation, tracked in MLflow: an image, or a clip's frames."""
+    """Run one configured stylisation, tracked in MLflow: an image, or a clip's frames.
+
+    ``cfg`` has passed :func:`style_exp.preflight.check`, so its values and inputs are
+    known to be good before a run is created for it.
+    """
     started = time.perf_counter()
-    cfg = with_demo_defaults(cfg, [item.split("=", 1)[0].lstrip("+~") for item in overrides])
+    cfg = with_demo_defaults(cfg, overridden_keys(overrides))
     uri = cfg.tracking.uri or default_tracking_uri()
     output_dir.mkdir(parents=True, exist_ok=True)
     device.configure(cfg.threads.intra_op, cfg.threads.inter_op)
@@ -65,7 +68,6 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
         mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         mlflow.log_text("\n".join(overrides) + "\n", "overrides.txt")
-        validate(cfg)
         job = prepare(cfg)
         record = reproduction_record(cfg, job, overrides)
         _log_inputs(job, output_dir)

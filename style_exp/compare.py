@@ -22,8 +22,8 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from PIL import Image, ImageDraw, ImageFont
 
+from style_exp.config import default_tracking_uri
 from style_exp.tables import write_tables
-from style_exp.tracking import default_tracking_uri
 
 CELL = 192  # px, longest side of each image on the sheet
 LABEL_HEIGHT = 18

@@ -26,8 +26,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
+from style_exp.config import default_tracking_uri
 from style_exp.images import file_sha256
-from style_exp.tracking import default_tracking_uri
 
 
 class ReproduceError(ValueError):

@@ -24,11 +24,6 @@ from style_exp.stylize import Interrupted, Progress
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def default_tracking_uri() -> str:
-    """A local SQLite store in ``runs/`` under the working directory."""
-    return f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
-
-
 def experiment_id(tracking_uri: str, name: str) -> str:
     """The experiment's id, creating the store and the experiment when new.
 
