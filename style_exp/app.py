@@ -22,6 +22,7 @@ from style_exp.config import default_tracking_uri, overridden_keys, with_demo_de
 from style_exp.console import ProgressBar
 from style_exp.images import file_sha256, resize_longest, save_image
 from style_exp.job import Job, prepare
+from style_exp.runs import liveness_tags, reap
 from style_exp.stylize import Interrupted, Progress, Result, stylize_scales
 from style_exp.tracking import (
     MetricsLogger,
@@ -64,7 +65,8 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
     output_dir.mkdir(parents=True, exist_ok=True)
     device.configure(cfg.threads.intra_op, cfg.threads.inter_op)
     with tracked_run(uri, cfg.tracking.experiment,
-                     tags={**environment_tags(), **(tags or {})}) as active:
+                     tags={**environment_tags(), **liveness_tags(), **(tags or {})}) as active:
+        reap(uri)  # runs of this store whose process died are marked FAILED
         mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         mlflow.log_text("\n".join(overrides) + "\n", "overrides.txt")

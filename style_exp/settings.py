@@ -83,9 +83,9 @@ class AdamSettings:
         """Image-sized tensors the optimiser keeps: both moments and the best image."""
         return 3
 
-    def remedy(self, prefix: str = "") -> str:
-        """What to change when the loss does not fall or blows up."""
-        return f"lower {prefix}lr (now {self.lr:g}), e.g. {prefix}lr={self.lr / 10:g}"
+    def remedy(self, prefix: str = "") -> tuple[str, str]:
+        """The knob to change when the loss does not fall or blows up, and how."""
+        return f"{prefix}lr={self.lr:g}", f"lower it, e.g. {prefix}lr={self.lr / 10:g}"
 
     def warm_started(self, frame_lr: float | None) -> AdamSettings:
         """For an image that starts near its optimum (a video frame): ``frame_lr`` if given."""
@@ -113,9 +113,9 @@ class LBFGSSettings:
         gradient, direction, candidate, its gradient and the preconditioner's spectra."""
         return 2 * self.history_size + 6
 
-    def remedy(self, prefix: str = "") -> str:
-        """What to change when no step lowers the loss from the start."""
-        return f"start elsewhere (init=content) or try {prefix.rstrip('.') or 'optimizer'}=adam"
+    def remedy(self, prefix: str = "") -> tuple[str, str]:
+        """The knob to change when no step lowers the loss from the start, and how."""
+        return "init", f"start elsewhere (init=content) or try {prefix.rstrip('.')}=adam"
 
     def warm_started(self, frame_lr: float | None) -> LBFGSSettings:
         """L-BFGS sizes its steps from curvature, so a warm start needs no change."""

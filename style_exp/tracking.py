@@ -19,6 +19,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from style_exp.images import to_uint8
+from style_exp.runs import heartbeat
 from style_exp.stylize import Interrupted, Progress
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +162,8 @@ class MetricsLogger:
         timestamp = int(1000 * time.time())
         metrics = [Metric(key, value, timestamp, progress.step)
                    for key, value in progress.metrics.items() if np.isfinite(value)]
-        self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+        self.client.log_batch(self.run_id, metrics=metrics, tags=[heartbeat()],
+                              synchronous=True)
         if progress.image is not None:
             mlflow.log_image(to_uint8(progress.image), key="progress", step=progress.step)
 

@@ -6,7 +6,7 @@ from conftest import gradient_image, stripes_image
 
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings
-from style_exp.stylize import Interrupted, Problem, build_network, stylize
+from style_exp.stylize import Interrupted, NoProgress, Problem, build_network, stylize
 from style_exp.weights import IMAGENET_MEAN_RGB
 
 LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
@@ -71,7 +71,7 @@ def test_interrupt_keeps_best_image(problem, network):
 
 
 def test_diverging_loss_fails_clearly(problem, network):
-    with pytest.raises(FloatingPointError, match="optimizer.lr"):
+    with pytest.raises(NoProgress, match="optimizer.lr"):
         stylize(problem, network, _noise(problem.content.shape), AdamSettings(lr=float("nan")), 3,
                 log_every=1)
 
