@@ -9,7 +9,7 @@ progress, anything unexpected); 128+N stopped by signal N (130 Ctrl-C, 143 SIGTE
 
 Errors print as ``error: <what> (<key, file or URI>)`` and at most one ``hint:``
 line; ``HYDRA_FULL_ERROR=1`` shows the traceback instead. TensorFlow's start-up lines
-are hidden unless ``STYLE_EXP_VERBOSE=1``.
+(and MLflow's notes) are hidden unless ``STYLE_EXP_VERBOSE=1``.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def main(hydra_main: Callable[[], None]) -> None:
     brief = not _flag(FULL_ERROR)
     if not _flag(VERBOSE):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no notes on store creation
     for name, value in MLFLOW_HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
     if brief:

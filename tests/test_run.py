@@ -1,12 +1,11 @@
 """End to end: a composed config through `app.run` into an MLflow run, and the CLI."""
 
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import PROJECT, gradient_image, stripes_image
+from conftest import PROJECT, cli_env, gradient_image, stripes_image
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -116,16 +115,18 @@ def test_demo_defaults_apply_only_when_not_overridden(compose_config):
     assert (real.size, real.iterations) == (512, 1000)
 
 
-def test_cli_demo_writes_output(tmp_path):
-    """`python run.py` on the embedded demo (tiny here), with its own run directory."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def test_cli_demo_writes_output_quietly(tmp_path):
+    """`python run.py` on the embedded demo (tiny here), with its own run directory; no
+    TensorFlow or MLflow start-up lines (STYLE_EXP_VERBOSE=1 would show them)."""
     out = tmp_path / "cli"
     completed = subprocess.run(
-        [sys.executable, str(PROJECT / "run.py"), "size=48", "iterations=3",
+        [sys.executable, str(PROJECT / "run.py"), "size=48", "iterations=3", "progress=false",
          f"tracking.uri=sqlite:///{tmp_path / 'cli.db'}", f"hydra.run.dir={out}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stderr == ""
+    assert completed.stdout.strip() == f"wrote {out / 'output.png'}"
     assert (out / "output.png").is_file()
     assert (out / "inputs" / "style_demo_0.jpg").is_file()
 
