@@ -28,8 +28,8 @@ from pathlib import Path
 from style_exp.settings import VGG19_LAYERS
 
 MB = 2**20
-BASE_BYTES = 880 * MB  # measured: the process after a 32 px run, all libraries loaded
-ACTIVATION_FACTOR = 3.4  # measured: bytes held per activation byte at the peak of a step
+BASE_BYTES = 900 * MB  # fitted: the process with every library and the weights loaded
+ACTIVATION_FACTOR = 1.3  # fitted: bytes held per activation byte at the peak of a step
 DECODE_BYTES_PER_PIXEL = 24  # decoding an input: 8-bit RGB, float32 RGB, resize planes
 BLOCK_CHANNELS = (64, 128, 256, 512, 512)  # VGG-19's output channels per block
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

@@ -137,30 +137,32 @@ class _Reporter:
         self.last_time, self.last_step = now, step
         self.history.append((step, metrics))
         if not math.isfinite(metrics["loss/total"]):
-            self.fail(f"the loss became {metrics['loss/total']} at step {step}")
+            self.fail(f"the loss became {metrics['loss/total']} at step {step}, from "
+                      f"{self._start()}")
         if self.callback is not None:
             image = current_image() if self.is_checkpoint(step) else None
             self.callback(Progress(step, self.iterations, metrics, image))
 
     def fail(self, what: str) -> None:
-        """Raise NoProgress saying ``what`` happened, from which start loss, and the knob."""
-        start_step, start = self.history[0]
-        raise NoProgress(f"{what} (from {start['loss/total']:.3g} at step {start_step})",
-                         *self.remedy)
+        """Raise NoProgress saying ``what`` happened, naming the knob to change."""
+        raise NoProgress(what, *self.remedy)
+
+    def _start(self) -> str:
+        step, metrics = self.history[0]
+        return f"{metrics['loss/total']:.3g} at step {step}"
 
     def check_progress(self, result: Result, start_image: np.ndarray) -> None:
         """Fail a run whose best image is its start, or whose loss ended far above it."""
         if not self.history:  # not one step taken (L-BFGS found none that lowers the loss)
-            raise NoProgress(f"no step lowered the loss from its start: {result.stop_reason}",
-                             *self.remedy)
+            self.fail(f"no step lowered the loss from its start: {result.stop_reason}")
         if result.steps < 2:  # the image after the first update was never evaluated
             return
-        start, last = self.history[0][1]["loss/total"], self.history[-1]
+        step, metrics = self.history[-1]
+        last = f"{metrics['loss/total']:.3g} at step {step}"
         if np.array_equal(result.image, start_image):
-            self.fail(f"the loss never fell below its start ({last[1]['loss/total']:.3g} at "
-                      f"step {last[0]})")
-        if last[1]["loss/total"] > RISE_LIMIT * start:
-            self.fail(f"the loss rose to {last[1]['loss/total']:.3g} at step {last[0]}")
+            self.fail(f"the loss never fell below its start, {self._start()}; {last}")
+        if metrics["loss/total"] > RISE_LIMIT * self.history[0][1]["loss/total"]:
+            self.fail(f"the loss rose from {self._start()} to {last}")
 
     def result(self, best_image: np.ndarray, interrupted: bool,
                stop_reason: str = "iterations") -> Result:
