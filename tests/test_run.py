@@ -12,6 +12,7 @@ from PIL import Image
 from style_exp import app
 from style_exp.config import with_demo_defaults
 from style_exp.images import ImageError
+from style_exp.stylize import NoProgress
 from style_exp.tracking import MetricsLogger
 
 LOSS_KEYS = {"loss/total", "loss/content", "loss/style", "loss/tv", "lr"}
@@ -82,6 +83,21 @@ def test_missing_input_fails_the_run_with_the_reason(compose_config, tmp_path, i
     _, record = _only_run(uri)
     assert record.info.status == "FAILED"
     assert "nope.jpg" in record.data.tags["error"]
+    assert not (tmp_path / "out" / "output.png").exists()
+
+
+def test_a_run_without_progress_ends_failed_without_an_image(compose_config, tmp_path):
+    content = tmp_path / "content.png"
+    Image.fromarray(gradient_image(48, 64).astype(np.uint8)).save(content)
+    smooth = tmp_path / "smooth.png"
+    Image.fromarray(gradient_image(64, 64, seed=1).astype(np.uint8)).save(smooth)
+    uri, run = _run(compose_config, tmp_path, [
+        f"content={content}", f"style={smooth}", "size=64", "iterations=20",
+        "optimizer.lr=1e30"])
+    with pytest.raises(NoProgress, match="never fell below its start"):
+        run()
+    _, record = _only_run(uri)
+    assert record.info.status == "FAILED" and "optimizer.lr=1e+30" in record.data.tags["error"]
     assert not (tmp_path / "out" / "output.png").exists()
 
 

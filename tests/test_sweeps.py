@@ -30,13 +30,16 @@ def _runs(uri, experiment="style_exp"):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A tiny 3-job sweep of the style weight, run once through `run.py -m`."""
+    """A tiny sweep of the style weight, run once through `run.py -m`: 3 jobs, and one with a
+    bad value that fails alone, before any run exists, while the others go on."""
     root = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
-    done = _cli([str(PROJECT / "run.py"), "-m", "loss.style_weight=50,500,5000", "size=32",
+    done = _cli([str(PROJECT / "run.py"), "-m", "loss.style_weight=-1,50,500,5000", "size=32",
                  "iterations=3", "tracking.log_every=1", f"tracking.uri={uri}",
                  f"hydra.sweep.dir={root / 'sweep'}", "progress=false"], cwd=root)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "error: must be non-negative, got -1.0 (loss.style_weight)" in done.stderr
+    assert done.stdout.count("wrote ") == 3
     return root, uri
 
 
@@ -47,7 +50,7 @@ def test_sweep_jobs_are_grouped_with_their_swept_values(sweep):
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1
     assert {r.data.tags["sweep.loss.style_weight"] for r in runs} == {"50", "500", "5000"}
     assert all("sweep.size" not in r.data.tags for r in runs)  # fixed, not swept
-    assert {r.data.tags["sweep.job"] for r in runs} == {"0", "1", "2"}
+    assert {r.data.tags["sweep.job"] for r in runs} == {"1", "2", "3"}  # job 0 had -1
 
 
 def test_compare_lays_out_the_sweep(sweep, tmp_path):
