@@ -153,7 +153,7 @@ def stopped_line(stop: KeyboardInterrupt, output_dir: Path) -> str:
                 "run again with video.resume=true to go on")
     if (output_dir / "output.png").is_file():
         steps = getattr(getattr(stop, "result", None), "steps", 0)
-        return (f"stopped by {name} after {steps} steps: best image so far in "
+        return (f"stopped by {name} after step {steps}: best image so far in "
                 f"{output_dir / 'output.png'} (MLflow run KILLED)")
     return f"stopped by {name} before the first step; nothing was written"
 
