@@ -1,8 +1,9 @@
-"""Entry point: `python run.py [key=value ...]` (see README.md)."""
+"""Entry point: `python run.py [key=value ...]` (see README.md; exit codes: style_exp/cli.py)."""
 
 import hydra
 from omegaconf import DictConfig
 
+from style_exp import cli
 from style_exp.cluster import export_project_path
 from style_exp.config import register_schemas
 
@@ -12,10 +13,8 @@ export_project_path()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from style_exp.app import run_hydra_job  # imported late: TensorFlow loads only for runs
-
-    run_hydra_job(cfg)  # it prints the run's name, output and dashboard link when done
+    cli.run_job(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(main)

@@ -23,12 +23,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from style_exp.config import default_tracking_uri
 from style_exp.images import load_image, save_image
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings, LBFGSSettings
 from style_exp.stylize import Optimizer, Problem, Progress, build_network, stylize
 from style_exp.tables import write_tables
-from style_exp.tracking import default_tracking_uri, environment_tags, experiment_id
+from style_exp.tracking import environment_tags, experiment_id
 from style_exp.weights import IMAGENET_MEAN_RGB, load_weights
 
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", Path(__file__).resolve().parents[2]

@@ -132,7 +132,8 @@ def main() -> None:
 def log_to_mlflow(args: argparse.Namespace, paths: list[Path]) -> None:
     import mlflow
 
-    from style_exp.tracking import default_tracking_uri, environment_tags, experiment_id
+    from style_exp.config import default_tracking_uri
+    from style_exp.tracking import environment_tags, experiment_id
 
     uri = args.tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)

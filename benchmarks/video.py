@@ -21,13 +21,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from style_exp.config import default_tracking_uri
 from style_exp.images import load_image, resize, save_image
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings
 from style_exp.settings import VIDEO_INITS, VideoSettings
 from style_exp.stylize import Problem, build_network
 from style_exp.tables import write_tables
-from style_exp.tracking import default_tracking_uri, environment_tags, experiment_id
+from style_exp.tracking import environment_tags, experiment_id
 from style_exp.video import Frame, FrameStore, stylize_video
 from style_exp.weights import IMAGENET_MEAN_RGB, load_weights
 

@@ -19,11 +19,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from style_exp import cluster
-from style_exp.config import validate, with_demo_defaults
+from style_exp.config import default_tracking_uri, overridden_keys, with_demo_defaults
 from style_exp.console import ProgressBar, run_summary
 from style_exp.images import file_sha256, resize_longest, save_image
 from style_exp.job import Job, prepare
 from style_exp.labels import quality_text, run_name, run_note
+from style_exp.runs import liveness_tags, reap
 from style_exp.stylize import Interrupted, Progress, Result, stylize_scales
 from style_exp.tracking import (
     NOTE_TAG,
@@ -31,7 +32,6 @@ from style_exp.tracking import (
     PROGRESS_IMAGES,
     MetricsLogger,
     dashboard_url,
-    default_tracking_uri,
     environment_tags,
     library_versions,
     log_image,
@@ -69,21 +69,25 @@ def output_path(output_dir: Path) -> Path:
 
 def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
         tags: dict[str, str] | None = None) -> Result | list[Frame]:
-    """Run one configured stylisation, tracked in MLflow: an image, or a clip's frames."""
+    """Run one configured stylisation, tracked in MLflow: an image, or a clip's frames.
+
+    ``cfg`` has passed :func:`style_exp.preflight.check`, so its values and inputs are
+    known to be good before a run is created for it.
+    """
     started = time.perf_counter()
-    given = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
+    given = overridden_keys(overrides)
     cfg = with_demo_defaults(cfg, given)
     uri = cluster.without_credentials(cfg.tracking.uri) or default_tracking_uri()
     output_dir.mkdir(parents=True, exist_ok=True)
     tags = {**cluster.configure_threads(cfg.threads), **(tags or {})}
     name = run_name(cfg.content, cfg.style, cfg.demo.styles, swept_values(tags))
     with tracked_run(uri, cfg.tracking.experiment, run_name=name,
-                     tags={**environment_tags(), **tags}) as active:
+                     tags={**environment_tags(), **liveness_tags(), **tags}) as active:
+        reap(uri)  # runs of this store whose process died are marked FAILED
         log.info("Run '%s' (MLflow run %s) writes to %s", name, active.info.run_id, output_dir)
         mlflow.log_params(run_params(OmegaConf.to_container(cfg, resolve=True), given))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         mlflow.log_text("\n".join(overrides) + "\n", "overrides.txt")
-        validate(cfg)
         job = prepare(cfg)
         record = reproduction_record(cfg, job, overrides)
         _log_inputs(job, output_dir)

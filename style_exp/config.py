@@ -8,6 +8,7 @@ reported, naming the key, before any image is loaded or any weight is read.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
@@ -173,9 +174,14 @@ def settings_from(node: Any, settings: type[Settings]) -> Settings:
 def optimizer_settings(optimizer: Any) -> OptimizerSettings:
     """The ``optimizer`` group's values as the settings of the optimiser it names."""
     if optimizer.name not in OPTIMIZERS:
-        raise ConfigError(f"optimizer.name must be one of {tuple(OPTIMIZERS)}, "
-                          f"got {optimizer.name!r}")
+        raise ConfigError(f"must be one of {tuple(OPTIMIZERS)}, got {optimizer.name!r}",
+                          "optimizer.name")
     return settings_from(optimizer, OPTIMIZERS[optimizer.name])
+
+
+def overridden_keys(overrides: Iterable[str]) -> list[str]:
+    """The keys a Hydra command line sets (``+size=3`` and ``~size`` name ``size``)."""
+    return [item.split("=", 1)[0].lstrip("+~") for item in overrides]
 
 
 def with_demo_defaults(cfg: DictConfig, overridden: Iterable[str]) -> DictConfig:
@@ -188,6 +194,17 @@ def with_demo_defaults(cfg: DictConfig, overridden: Iterable[str]) -> DictConfig
         if key not in overridden:
             cfg[key] = cfg.demo[key]
     return cfg
+
+
+def style_side(size: int, style_scale: float) -> int:
+    """The styles' longest side for an output whose longest side is ``size``."""
+    return max(1, round(size * style_scale))
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` (a team server), else a SQLite store in ``runs/`` here."""
+    local = f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or local
 
 
 def input_files(cfg: DictConfig | Config) -> dict[str, str]:
@@ -213,7 +230,7 @@ def style_paths(style: Any) -> list[str]:
 def normalised(key: str, values: list[float]) -> list[float]:
     """Non-negative weights scaled to sum 1; ``key`` names them in the error."""
     if any(w < 0 for w in values) or sum(values) <= 0:
-        raise ConfigError(f"{key} must be non-negative and not all zero, got {values}")
+        raise ConfigError(f"must be non-negative and not all zero, got {values}", key)
     return [w / sum(values) for w in values]
 
 
@@ -223,10 +240,8 @@ def blend_weights(weights: list[float] | None, count: int) -> list[float]:
         return [1.0 / count] * count
     values = [float(w) for w in weights]
     if len(values) != count:
-        raise ConfigError(
-            f"style_weights has {len(values)} value(s) {values} but there are {count} style "
-            "image(s); give one weight per style"
-        )
+        raise ConfigError(f"style_weights has {len(values)} value(s) {values} but there are "
+                          f"{count} style image(s)", "style_weights", "give one weight per style")
     return normalised("style_weights", values)
 
 
@@ -237,16 +252,16 @@ def layer_weights(key: str, layers: list[str], weights: list[float] | None,
     An exponent above 1 shifts the emphasis towards the later (coarser) layers.
     """
     if not layers:
-        raise ConfigError(f"{key}: at least one layer is needed")
+        raise ConfigError("at least one layer is needed", key)
     unknown = [name for name in layers if name not in VGG19_LAYERS]
     if unknown:
-        raise ConfigError(f"{key}: unknown VGG-19 layer(s) {unknown}; use names like relu4_2")
+        raise ConfigError(f"unknown VGG-19 layer(s) {unknown}", key, "use names like relu4_2")
     if len(set(layers)) != len(layers):
-        raise ConfigError(f"{key}: layers are repeated in {list(layers)}")
+        raise ConfigError(f"layers are repeated in {list(layers)}", key)
     weights_key = key.replace("layers", "layer_weights")
     values = [1.0] * len(layers) if weights is None else [float(w) for w in weights]
     if len(values) != len(layers):
-        raise ConfigError(f"{weights_key} has {len(values)} values for {len(layers)} layers")
+        raise ConfigError(f"{len(values)} values for {len(layers)} layers", weights_key)
     scaled = [w * exponent**index for index, w in enumerate(values)]
     return dict(zip(layers, normalised(weights_key, scaled), strict=True))
 
@@ -255,17 +270,15 @@ def scale_plan(cfg: DictConfig | Config) -> tuple[list[int], list[int]]:
     """The sizes to optimise at, coarse to fine, and the iterations at each."""
     scales = [int(s) for s in cfg.scales] or [int(cfg.size)]
     if any(s <= 0 for s in scales) or any(b <= a for a, b in itertools.pairwise(scales)):
-        raise ConfigError(f"scales must be positive and increasing, got {scales}")
+        raise ConfigError(f"must be positive and increasing, got {scales}", "scales")
     if scales[-1] != cfg.size:
-        raise ConfigError(f"scales must end at size={cfg.size}, got {scales}")
+        raise ConfigError(f"must end at size={cfg.size}, got {scales}", "scales")
     if cfg.scale_iterations is None:
         return scales, [int(cfg.iterations)] * len(scales)
     counts = [int(n) for n in cfg.scale_iterations]
     if len(counts) != len(scales) or any(n <= 0 for n in counts):
-        raise ConfigError(
-            f"scale_iterations must give a positive count for each of the {len(scales)} "
-            f"scales, got {counts}"
-        )
+        raise ConfigError(f"must give a positive count for each of the {len(scales)} scales, "
+                          f"got {counts}", "scale_iterations")
     return scales, counts
 
 
@@ -290,13 +303,18 @@ def validate(cfg: DictConfig | Config) -> None:
     check_non_negative("resources.gpus", cfg.resources.gpus)
     scale_plan(cfg)
     if cfg.tiles != 0 and cfg.tiles < MIN_TILE:
-        raise ConfigError(f"tiles must be 0 (off) or at least {MIN_TILE} px, got {cfg.tiles}")
+        raise ConfigError(f"must be 0 (off) or at least {MIN_TILE} px, got {cfg.tiles}", "tiles")
     _validate_video(cfg)
     styles = style_paths(cfg.style)
+    named = [("content", cfg.content), *((f"style[{i}]", p) for i, p in enumerate(styles))]
+    for key, path in named:
+        if path is not None and not str(path).strip():
+            raise ConfigError("empty file name", key)
     if (cfg.content is None) != (not styles):
-        raise ConfigError("give both content=FILE and style=FILE (or neither, for the demo)")
+        raise ConfigError("give both content=FILE and style=FILE, or neither for the demo",
+                          "content" if styles else "style")
     if cfg.demo.styles not in (1, 2):
-        raise ConfigError(f"demo.styles must be 1 or 2, got {cfg.demo.styles}")
+        raise ConfigError(f"must be 1 or 2, got {cfg.demo.styles}", "demo.styles")
     blend_weights(cfg.style_weights, len(styles) if styles else cfg.demo.styles)
 
 
@@ -314,7 +332,8 @@ def _validate_video(cfg: DictConfig | Config) -> None:
     if video.fps is not None:
         check_positive("video.fps", video.fps)
     if cfg.content is not None and cfg.scales and is_clip(cfg.content):
-        raise ConfigError("scales (coarse-to-fine) applies to still images; for a video use "
-                          "video.first_frame_iterations and video.frame_iterations")
+        raise ConfigError("coarse-to-fine applies to still images", "scales",
+                          "for a video use video.first_frame_iterations and video.frame_iterations")
     if cfg.content is not None and cfg.tiles and is_clip(cfg.content):
-        raise ConfigError("tiles applies to still images; video frames are optimised whole")
+        raise ConfigError("tiling applies to still images; video frames are optimised whole",
+                          "tiles")

@@ -27,8 +27,13 @@ PALETTES = (
 
 def demo_photo(longest_side: int) -> np.ndarray:
     """The demo content image (RGB float32 0..255)."""
+    return load_image(demo_photo_file(), longest_side)
+
+
+def demo_photo_file() -> str:
+    """Where matplotlib keeps the demo photo."""
     with cbook.get_sample_data(DEMO_PHOTO) as handle:
-        return load_image(handle.name, longest_side)
+        return handle.name
 
 
 def demo_paintings(longest_side: int, count: int = 1) -> list[np.ndarray]:

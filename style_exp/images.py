@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from style_exp.errors import UserError
 
 # Photographs of several hundred megapixels are legitimate inputs here; they are
 # decoded once and downscaled straight away. Past this we refuse with a clear error.
 MAX_PIXELS = 1_000_000_000
+# Every side of a working image is at least this: the TV loss differences neighbours, so
+# a 1 px side leaves it nothing to average (NaN). A 3000x20 photo at size=64 becomes 64x2.
+MIN_SIDE = 2
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
-class ImageError(ValueError):
-    """An input image is missing, unreadable or unusable; the message names the file."""
+class ImageError(UserError):
+    """An input image is missing, unreadable or unusable; ``where`` names the file."""
 
 
 def load_image(path: str | os.PathLike, longest_side: int | None = None) -> np.ndarray:
@@ -26,31 +34,53 @@ def load_image(path: str | os.PathLike, longest_side: int | None = None) -> np.n
     Handles EXIF orientation, grayscale, palette, alpha (composited on white) and
     16-bit images. JPEGs are decoded at reduced scale when much larger than needed.
     """
+    with _opened(path) as image:
+        if longest_side is not None:
+            image.draft("RGB", (longest_side, longest_side))
+        rgb = _to_rgb(ImageOps.exif_transpose(image))
+    if min(rgb.shape[:2]) < 1:
+        raise ImageError("image is empty", str(path))
+    if longest_side is not None:
+        rgb = resize_longest(rgb, longest_side)
+    return rgb
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file as :func:`load_image` turns it upright, read from
+    the header alone: how inputs are checked in a blink before anything loads."""
+    with _opened(path) as image:
+        width, height = image.size
+        if image.getexif().get(ExifTags.Base.Orientation) in TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
+    if min(width, height) < 1:
+        raise ImageError("image is empty", str(path))
+    return width, height
+
+
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """The opened image file; a missing, unreadable or corrupt one is an ImageError naming it.
+
+    Decoding errors surface while the caller reads pixels, so they are caught here too.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"image file not found: {path}")
+        raise ImageError("image file not found", str(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
             try:
                 with Image.open(path) as image:
-                    if longest_side is not None:
-                        image.draft("RGB", (longest_side, longest_side))
-                    image = ImageOps.exif_transpose(image)
-                    rgb = _to_rgb(image)
+                    yield image
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
     except (UnidentifiedImageError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as error:
-        raise ImageError(f"cannot read image {path}: {error}") from error
+        raise ImageError(f"cannot read image: {error}", str(path)) from error
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"cannot read image {path} (corrupt or truncated?): {error}") from error
-    if min(rgb.shape[:2]) < 1:
-        raise ImageError(f"image {path} is empty")
-    if longest_side is not None:
-        rgb = resize_longest(rgb, longest_side)
-    return rgb
+        raise ImageError(f"cannot read image, corrupt or truncated? {error}",
+                         str(path)) from error
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -73,10 +103,14 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 def resize_longest(image: np.ndarray, longest_side: int) -> np.ndarray:
     """Resize so the longer side is ``longest_side`` px, keeping the aspect ratio."""
-    height, width = image.shape[:2]
-    scale = longest_side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return resize(image, size)
+    return resize(image, fitted_size((image.shape[1], image.shape[0]), longest_side))
+
+
+def fitted_size(size: tuple[int, int], longest_side: int) -> tuple[int, int]:
+    """(width, height) scaled so the longer side is ``longest_side``, each at least MIN_SIDE."""
+    width, height = size
+    scale = longest_side / max(width, height)
+    return max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale))
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

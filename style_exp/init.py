@@ -28,10 +28,10 @@ class InitSettings:
     def check(self, prefix: str = "") -> None:
         check_choice(f"{prefix}kind", self.kind, INIT_KINDS)
         if self.kind == "image" and not self.path:
-            raise ConfigError(f"{prefix}kind=image needs {prefix}path=FILE")
+            raise ConfigError(f"kind=image needs {prefix}path=FILE", f"{prefix}kind")
         check_non_negative(f"{prefix}noise_scale", self.noise_scale)
         if not 0.0 <= self.noise_ratio <= 1.0:
-            raise ConfigError(f"{prefix}noise_ratio must be in [0, 1], got {self.noise_ratio}")
+            raise ConfigError(f"must be in [0, 1], got {self.noise_ratio}", f"{prefix}noise_ratio")
 
 
 def initial_image(settings: InitSettings, content: np.ndarray, styles: list[np.ndarray],

@@ -23,6 +23,7 @@ from style_exp.config import (
     scale_plan,
     settings_from,
     style_paths,
+    style_side,
 )
 from style_exp.demo import demo_paintings, demo_photo
 from style_exp.images import load_image, resize
@@ -122,12 +123,12 @@ def prepare(cfg: DictConfig) -> Job:
 
 def load_inputs(cfg: DictConfig, clip: Clip | None = None) -> Inputs:
     """Content and style images at the output's working sizes (a clip's first frame)."""
-    style_side = max(1, round(cfg.size * cfg.style_scale))
+    side = style_side(cfg.size, cfg.style_scale)
     if cfg.content is None:
-        paintings = demo_paintings(style_side, cfg.demo.styles)
+        paintings = demo_paintings(side, cfg.demo.styles)
         return Inputs(demo_photo(cfg.size), paintings,
                       ["content_demo", *[f"style_demo_{i}" for i in range(len(paintings))]])
-    styles = [load_image(path, style_side) for path in style_paths(cfg.style)]
+    styles = [load_image(path, side) for path in style_paths(cfg.style)]
     content = next(clip.frames()) if clip else load_image(cfg.content, cfg.size)
     return Inputs(content, styles, ["content", *[f"style_{i}" for i in range(len(styles))]])
 

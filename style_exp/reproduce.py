@@ -26,9 +26,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
-from style_exp.config import Config
+from style_exp import preflight
+from style_exp.config import Config, default_tracking_uri
 from style_exp.images import file_sha256
-from style_exp.tracking import default_tracking_uri
 
 
 class ReproduceError(ValueError):
@@ -77,6 +77,7 @@ def reproduce(run_id: str, tracking_uri: str, out: Path) -> Comparison:
 
     config.tracking.uri = tracking_uri
     config.progress = False
+    preflight.check(config)  # this machine may have less memory than the original's
     run(config, out, list(record["overrides"]), tags={"reproduces": run_id})
     produced = np.asarray(Image.open(out / "output.png").convert("RGB"))
     if produced.shape != original.shape:

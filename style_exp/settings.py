@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from style_exp.errors import UserError
+
 # The 36 layers of VGG-19's convolutional part, in the paper's names.
 VGG19_LAYERS: tuple[str, ...] = (
     "conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1",
@@ -30,23 +32,23 @@ VIDEO_INITS = ("independent", "previous", "flow")
 FLOW_METHODS = ("dis", "farneback")
 
 
-class ConfigError(ValueError):
-    """A setting is invalid; the message names the key and the value."""
+class ConfigError(UserError):
+    """A setting is invalid: ``what`` says how, ``where`` names the key."""
 
 
 def check_positive(key: str, value: float) -> None:
     if not value > 0:
-        raise ConfigError(f"{key} must be positive, got {value}")
+        raise ConfigError(f"must be positive, got {value}", key)
 
 
 def check_non_negative(key: str, value: float) -> None:
     if not value >= 0:
-        raise ConfigError(f"{key} must be non-negative, got {value}")
+        raise ConfigError(f"must be non-negative, got {value}", key)
 
 
 def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
+        raise ConfigError(f"must be one of {choices}, got {value!r}", key)
 
 
 @dataclass
@@ -71,11 +73,19 @@ class AdamSettings:
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise ConfigError(f"{prefix}{name} must be in [0, 1), got {value}")
+                raise ConfigError(f"must be in [0, 1), got {value}", f"{prefix}{name}")
         check_positive(f"{prefix}epsilon", self.epsilon)
         check_choice(f"{prefix}schedule", self.schedule, SCHEDULES)
         check_positive(f"{prefix}decay_rate", self.decay_rate)
         check_positive(f"{prefix}decay_steps", self.decay_steps)
+
+    def state_images(self) -> int:
+        """Image-sized tensors the optimiser keeps: both moments and the best image."""
+        return 3
+
+    def remedy(self, prefix: str = "") -> tuple[str, str]:
+        """The knob to change when the loss does not fall or blows up, and how."""
+        return f"{prefix}lr={self.lr:g}", f"lower it, e.g. {prefix}lr={self.lr / 10:g}"
 
     def warm_started(self, frame_lr: float | None) -> AdamSettings:
         """For an image that starts near its optimum (a video frame): ``frame_lr`` if given."""
@@ -97,6 +107,15 @@ class LBFGSSettings:
         check_positive(f"{prefix}max_line_search", self.max_line_search)
         for name in ("smoothing", "ftol", "gtol"):
             check_non_negative(f"{prefix}{name}", getattr(self, name))
+
+    def state_images(self) -> int:
+        """Image-sized tensors kept: the history's step and gradient-change pairs, plus the
+        gradient, direction, candidate, its gradient and the preconditioner's spectra."""
+        return 2 * self.history_size + 6
+
+    def remedy(self, prefix: str = "") -> tuple[str, str]:
+        """The knob to change when no step lowers the loss from the start, and how."""
+        return "init", f"start elsewhere (init=content) or try {prefix.rstrip('.')}=adam"
 
     def warm_started(self, frame_lr: float | None) -> LBFGSSettings:
         """L-BFGS sizes its steps from curvature, so a warm start needs no change."""

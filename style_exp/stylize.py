@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from style_exp.errors import RunFailure
 from style_exp.images import resize, resize_longest
 from style_exp.losses import LossWeights, Targets, gram_matrix, loss_terms
 from style_exp.optim import LBFGS, PIXEL_RANGE, Adam, free_pixels
@@ -25,6 +26,8 @@ from style_exp.vgg import VGG19Features
 from style_exp.weights import VGGWeights
 
 ARMIJO = 1e-4  # the fraction of the predicted decrease a step must achieve
+RISE_LIMIT = 2.0  # a loss ending above this multiple of its start has diverged
+KNOB_PREFIX = "optimizer."  # how the optimiser's settings are named on the command line
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,11 @@ class Result:
     interrupted: bool = False
     stop_reason: str = "iterations"
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+class NoProgress(RunFailure):
+    """The loss became non-finite, never fell below its start or ended far above it: the
+    image is no result, whatever the step count says."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -135,10 +143,11 @@ class _Reporter:
     """
 
     def __init__(self, iterations: int, log_every: int, checkpoint_every: int,
-                 callback: Callable[[Progress], None] | None):
+                 callback: Callable[[Progress], None] | None, remedy: tuple[str, str]):
         self.iterations, self.log_every, self.checkpoint_every = iterations, log_every, \
             checkpoint_every
         self.callback = callback
+        self.remedy = remedy  # the knob to name when the loss misbehaves, and what to do
         self.started = self.last_time = time.perf_counter()
         self.last_step = 0
         self.setup_s = 0.0
@@ -162,13 +171,32 @@ class _Reporter:
         self.last_time, self.last_step = now, step
         self.history.append((step, metrics))
         if not math.isfinite(metrics["loss/total"]):
-            raise FloatingPointError(
-                f"the loss became {metrics['loss/total']} at step {step}; "
-                "try a lower optimizer.lr or smaller loss weights"
-            )
+            self.fail(f"the loss became {metrics['loss/total']} at step {step}, from "
+                      f"{self._start()}")
         if self.callback is not None:
             image = current_image() if self.is_checkpoint(step) else None
             self.callback(Progress(step, self.iterations, metrics, image))
+
+    def fail(self, what: str) -> None:
+        """Raise NoProgress saying ``what`` happened, naming the knob to change."""
+        raise NoProgress(what, *self.remedy)
+
+    def _start(self) -> str:
+        step, metrics = self.history[0]
+        return f"{metrics['loss/total']:.3g} at step {step}"
+
+    def check_progress(self, result: Result, start_image: np.ndarray) -> None:
+        """Fail a run whose best image is its start, or whose loss ended far above it."""
+        if not self.history:  # not one step taken (L-BFGS found none that lowers the loss)
+            self.fail(f"no step lowered the loss from its start: {result.stop_reason}")
+        if result.steps < 2:  # the image after the first update was never evaluated
+            return
+        step, metrics = self.history[-1]
+        last = f"{metrics['loss/total']:.3g} at step {step}"
+        if np.array_equal(result.image, start_image):
+            self.fail(f"the loss never fell below its start, {self._start()}; {last}")
+        if metrics["loss/total"] > RISE_LIMIT * self.history[0][1]["loss/total"]:
+            self.fail(f"the loss rose from {self._start()} to {last}")
 
     def result(self, best_image: np.ndarray, interrupted: bool,
                stop_reason: str = "iterations") -> Result:
@@ -197,17 +225,26 @@ def stylize(
     callback: Callable[[Progress], None] | None = None,
     jit_compile: bool = False,
     tile: int = 0,
+    require_progress: bool = True,
 ) -> Result:
     """Optimise ``init`` towards the problem's content and styles.
 
     Reported steps are step 1, every ``log_every`` and ``checkpoint_every`` step,
     and the last; checkpoint steps carry the current image. ``jit_compile`` compiles
     the step with XLA. ``tile`` (px) evaluates the loss tile by tile, exactly, with
-    memory bounded by the tile instead of the image (see ``tiles.py``).
+    memory bounded by the tile instead of the image (see ``tiles.py``). A loss that
+    becomes non-finite raises :class:`NoProgress`, and so, with ``require_progress``,
+    does one that never falls below its start or ends far above it; an image started
+    near its optimum (a warm-started video frame or a later scale) may rightly stay
+    where it is, so its caller turns that off.
     """
-    reporter = _Reporter(iterations, log_every, checkpoint_every, callback)
-    return optimise(optimizer, objective(problem, network, tile, jit_compile), init,
-                    iterations, reporter)
+    reporter = _Reporter(iterations, log_every, checkpoint_every, callback,
+                         optimizer.remedy(KNOB_PREFIX))
+    result = optimise(optimizer, objective(problem, network, tile, jit_compile), init,
+                      iterations, reporter)
+    if require_progress:
+        reporter.check_progress(result, np.clip(init, *PIXEL_RANGE))
+    return result
 
 
 @functools.singledispatch
@@ -393,7 +430,8 @@ def stylize_scales(
         try:
             result = stylize(problem, network, start, optimizer, count, log_every=log_every,
                              checkpoint_every=checkpoint_every, callback=shifted,
-                             jit_compile=jit_compile, tile=tile if 0 < tile < size else 0)
+                             jit_compile=jit_compile, tile=tile if 0 < tile < size else 0,
+                             require_progress=not results)
         except Interrupted as interrupt:
             results.append(_shift(interrupt.result, offset))
             raise Interrupted(_combine(results)) from interrupt

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import subprocess
 import time
@@ -22,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from style_exp.config import NO_EFFECT_KEYS
 from style_exp.images import to_uint8
 from style_exp.labels import sweep_id
+from style_exp.runs import heartbeat
 from style_exp.stylize import Interrupted, Progress
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -39,12 +39,6 @@ OUTPUT_IMAGES = "output"  # image series: the final image, at step 0 in every ru
 PARAM_KEYS = ("size", "iterations", "optimizer.name", "init.kind", "loss.style_weight")
 # Never params: the inputs are in the run's name and description (paths: reproduce.json).
 INPUT_KEYS = ("content", "style")
-
-
-def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` (a team server), else a SQLite store in ``runs/`` here."""
-    local = f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
-    return os.environ.get("MLFLOW_TRACKING_URI") or local
 
 
 def experiment_id(tracking_uri: str, name: str) -> str:
@@ -243,7 +237,8 @@ class MetricsLogger:
         timestamp = int(1000 * time.time())
         metrics = [Metric(key, value, timestamp, progress.step)
                    for key, value in progress.metrics.items() if np.isfinite(value)]
-        self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+        self.client.log_batch(self.run_id, metrics=metrics, tags=[heartbeat()],
+                              synchronous=True)
         if progress.image is not None:
             log_image(progress.image, PROGRESS_IMAGES, progress.step)
 

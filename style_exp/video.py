@@ -221,7 +221,8 @@ def _stylize_frame(index: int, current: np.ndarray, motion: Motion | None,
                    network: VGG19Features, optimizer: OptimizerSettings,
                    settings: VideoSettings, iterations: int, jit_compile: bool) -> Frame:
     problem = problem_for(current)
-    if previous is None or motion is None or settings.init == "independent":
+    warm = previous is not None and motion is not None and settings.init != "independent"
+    if not warm:
         init = start_image(index, current)
     else:
         init = previous.working if settings.init == "previous" else motion.carry(
@@ -232,5 +233,5 @@ def _stylize_frame(index: int, current: np.ndarray, motion: Motion | None,
                 loss=dataclasses.replace(problem.loss, temporal=settings.temporal_weight))
         optimizer = optimizer.warm_started(settings.frame_lr)
     result = stylize(problem, network, init, optimizer, iterations, log_every=iterations,
-                     jit_compile=jit_compile)
+                     jit_compile=jit_compile, require_progress=not warm)
     return Frame(index, finish(result.image, current), result.image, dict(result.metrics))

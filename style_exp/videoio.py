@@ -19,6 +19,7 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
+from style_exp.errors import UserError
 from style_exp.images import ImageError, load_image, resize, to_uint8
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".gif")
@@ -28,8 +29,8 @@ PREVIEW_SIDE = 256
 PREVIEW_MAX_FRAMES = 120
 
 
-class VideoError(ValueError):
-    """A clip is missing, unreadable, empty or inconsistent; the message names it."""
+class VideoError(UserError):
+    """A clip is missing, unreadable, empty or inconsistent; ``where`` names it."""
 
 
 def is_clip(path: str | os.PathLike) -> bool:
@@ -85,7 +86,7 @@ def open_clip(path: str | os.PathLike, longest_side: int, stride: int = 1,
         files = ()
         source_size, source_fps, available, audio = _probe_video(path)
     else:
-        raise VideoError(f"video not found: {path}")
+        raise VideoError("video not found", str(path))
     count = -(-available // stride)  # frames 0, stride, 2*stride, ...
     if max_frames:
         count = min(count, max_frames)
@@ -107,8 +108,8 @@ def _frame_files(directory: Path) -> list[Path]:
     """The directory's images in natural order (frame2 before frame10)."""
     files = [p for p in directory.iterdir() if p.suffix.lower() in FRAME_SUFFIXES]
     if not files:
-        raise VideoError(f"frames directory {directory} has no images "
-                         f"(looked for {', '.join(FRAME_SUFFIXES)})")
+        raise VideoError(f"frames directory has no images (looked for {', '.join(FRAME_SUFFIXES)})",
+                         str(directory))
 
     def natural(path: Path) -> list[object]:
         return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
@@ -124,7 +125,7 @@ def _image_size(files: list[Path]) -> tuple[int, int]:
             with Image.open(path) as image:
                 sizes[path] = image.size
         except OSError as error:
-            raise ImageError(f"cannot read frame {path}: {error}") from error
+            raise ImageError(f"cannot read frame: {error}", str(path)) from error
     first = files[0]
     for path, size in sizes.items():
         if size != sizes[first]:
@@ -142,12 +143,12 @@ def _probe_video(path: Path) -> tuple[tuple[int, int], float, int, bool]:
         reader.close()
         frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
     except (OSError, RuntimeError, StopIteration) as error:
-        raise VideoError(f"cannot read video {path}: {_ffmpeg_reason(error)}") from error
+        raise VideoError(f"cannot read video: {_ffmpeg_reason(error)}", str(path)) from error
     if frames == 0 or not meta.get("size"):
-        raise VideoError(f"video {path} has no frames")
+        raise VideoError("video has no frames", str(path))
     fps = float(meta.get("fps") or 0.0)
     if not fps > 0:
-        raise VideoError(f"video {path} reports no frame rate; set video.fps")
+        raise VideoError("video reports no frame rate", str(path), "set video.fps")
     return tuple(meta["size"]), fps, frames, bool(meta.get("audio_codec"))
 
 

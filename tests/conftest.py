@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -57,3 +59,25 @@ def require_shared_images() -> Path:
     if not SHARED_IMAGES.is_dir():
         pytest.skip(f"shared test images not found at {SHARED_IMAGES} (set STYLE_EXP_IMAGES)")
     return SHARED_IMAGES
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300,
+            **env: str) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` as a user would type it, with its output captured."""
+    return subprocess.run([sys.executable, str(PROJECT / "run.py"), *args], cwd=cwd,
+                          env=cli_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def cli_env(**env: str) -> dict[str, str]:
+    """The environment a user's shell would give ``run.py``: without the log level this
+    file sets for the tests' own TensorFlow, so the command line's quiet default applies."""
+    inherited = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return {**inherited, **env}
+
+
+def write_image(path: Path, image: np.ndarray) -> Path:
+    """Save a float 0..255 test image (any format PIL knows from the suffix)."""
+    from PIL import Image
+
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
+    return path

@@ -49,15 +49,15 @@ def test_schema_rejects_wrong_types(compose_config):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("size=0", "size must be positive"),
-    ("iterations=-5", "iterations must be positive"),
-    ("loss.style_weight=-1", "loss.style_weight must be non-negative"),
-    ("loss.style_layers=[relu1_1,relu9_9]", r"loss.style_layers: unknown VGG-19 layer"),
-    ("loss.content_layers=[]", "loss.content_layers: at least one layer"),
-    ("loss.style_layer_weights=[1,2]", "loss.style_layer_weights has 2 values for 5 layers"),
-    ("model.pooling=median", "model.pooling must be one of"),
-    ("optimizer.beta1=1.5", r"optimizer.beta1 must be in \[0, 1\)"),
-    ("init=image", "init.kind=image needs init.path"),
+    ("size=0", r"must be positive, got 0 \(size\)"),
+    ("iterations=-5", r"must be positive.* \(iterations\)"),
+    ("loss.style_weight=-1", r"must be non-negative.* \(loss.style_weight\)"),
+    ("loss.style_layers=[relu1_1,relu9_9]", r"unknown VGG-19 layer.* \(loss.style_layers\)"),
+    ("loss.content_layers=[]", r"at least one layer.* \(loss.content_layers\)"),
+    ("loss.style_layer_weights=[1,2]", r"2 values for 5 layers \(loss.style_layer_weights\)"),
+    ("model.pooling=median", r"must be one of.* \(model.pooling\)"),
+    ("optimizer.beta1=1.5", r"must be in \[0, 1\), got 1.5 \(optimizer.beta1\)"),
+    ("init=image", r"kind=image needs init.path=FILE \(init.kind\)"),
     ("content=only_content.jpg", "give both content=FILE and style=FILE"),
 ])
 def test_bad_values_name_the_key(compose_config, override, message):

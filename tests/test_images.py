@@ -72,7 +72,7 @@ def test_large_image_is_downscaled_to_longest_side(tmp_path):
 
 
 def test_missing_file_names_it(tmp_path):
-    with pytest.raises(ImageError, match="not found: .*nothing.jpg"):
+    with pytest.raises(ImageError, match="not found .*nothing.jpg"):
         load_image(tmp_path / "nothing.jpg")
 
 

@@ -1,18 +1,18 @@
 """End to end: a composed config through `app.run` into an MLflow run, and the CLI."""
 
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import PROJECT, gradient_image, stripes_image
+from conftest import PROJECT, cli_env, gradient_image, stripes_image
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from style_exp import app
 from style_exp.config import with_demo_defaults
 from style_exp.images import ImageError
+from style_exp.stylize import NoProgress
 from style_exp.tracking import MetricsLogger
 
 LOSS_KEYS = {"loss/total", "loss/content", "loss/style", "loss/tv", "lr"}
@@ -92,6 +92,21 @@ def test_missing_input_fails_the_run_with_the_reason(compose_config, tmp_path, i
     assert not (tmp_path / "out" / "output.png").exists()
 
 
+def test_a_run_without_progress_ends_failed_without_an_image(compose_config, tmp_path):
+    content = tmp_path / "content.png"
+    Image.fromarray(gradient_image(48, 64).astype(np.uint8)).save(content)
+    smooth = tmp_path / "smooth.png"
+    Image.fromarray(gradient_image(64, 64, seed=1).astype(np.uint8)).save(smooth)
+    uri, run = _run(compose_config, tmp_path, [
+        f"content={content}", f"style={smooth}", "size=64", "iterations=20",
+        "optimizer.lr=1e30"])
+    with pytest.raises(NoProgress, match="never fell below its start"):
+        run()
+    _, record = _only_run(uri)
+    assert record.info.status == "FAILED" and "optimizer.lr=1e+30" in record.data.tags["error"]
+    assert not (tmp_path / "out" / "output.png").exists()
+
+
 def test_interrupt_ends_killed_and_keeps_best_image(compose_config, tmp_path, inputs,
                                                     monkeypatch):
     content, style = inputs
@@ -122,16 +137,18 @@ def test_demo_defaults_apply_only_when_not_overridden(compose_config):
     assert (real.size, real.iterations) == (512, 1000)
 
 
-def test_cli_demo_writes_output(tmp_path):
-    """`python run.py` on the embedded demo (tiny here), with its own run directory."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def test_cli_demo_writes_output_quietly(tmp_path):
+    """`python run.py` on the embedded demo (tiny here), with its own run directory; no
+    TensorFlow or MLflow start-up lines (STYLE_EXP_VERBOSE=1 would show them)."""
     out = tmp_path / "cli"
     completed = subprocess.run(
-        [sys.executable, str(PROJECT / "run.py"), "size=48", "iterations=3",
+        [sys.executable, str(PROJECT / "run.py"), "size=48", "iterations=3", "progress=false",
          f"tracking.uri=sqlite:///{tmp_path / 'cli.db'}", f"hydra.run.dir={out}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stderr == ""
+    assert completed.stdout.strip() == f"wrote {out / 'output.png'}"
     assert (out / "output.png").is_file()
     assert (out / "inputs" / "style_demo_0.jpg").is_file()
 

@@ -11,8 +11,8 @@ from style_exp.config import settings_from, validate
 from style_exp.init import InitSettings
 from style_exp.settings import OPTIMIZERS, VideoSettings
 
-ENGINE = ["images", "color", "settings", "init", "weights", "vgg", "losses", "optim", "stylize",
-          "flow", "videoio", "video", "device", "demo", "quality"]
+ENGINE = ["errors", "images", "color", "settings", "init", "weights", "vgg", "losses", "optim",
+          "stylize", "tiles", "flow", "videoio", "video", "device", "demo", "memory", "quality"]
 
 
 @pytest.mark.parametrize("group, option, settings", [

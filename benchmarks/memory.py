@@ -1,0 +1,69 @@
+"""The memory estimate against the measured peak: is the up-front refusal honest?
+
+    python -m benchmarks.memory --sizes 256 512 1024 [--optimizer lbfgs] [--precision bfloat16]
+
+Each size is a real `python run.py` in a fresh process (a few iterations on
+stata.jpg in the style of starry_night.jpg from ``$STYLE_EXP_IMAGES``); its peak
+resident memory comes from the kernel (``wait4``'s ru_maxrss) and is set against
+``style_exp.memory``'s estimate for the same config, which ``run.py`` checks before
+it starts. The table goes to stdout and ``runs/benchmarks/memory.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from style_exp.config import register_schemas
+from style_exp.memory import estimate_bytes
+from style_exp.preflight import input_sizes, workload
+from style_exp.tables import write_tables
+
+PROJECT = Path(__file__).resolve().parents[1]
+IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", PROJECT.parent / "shared" / "images"))
+MB = 2**20
+
+
+def measure(overrides: list[str]) -> dict[str, object]:
+    """Estimate, then run ``run.py`` with ``overrides`` and read its peak RSS."""
+    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    estimate = estimate_bytes(workload(cfg, input_sizes(cfg), cfg.size))
+    with tempfile.TemporaryDirectory() as scratch:
+        process = subprocess.Popen(
+            [sys.executable, str(PROJECT / "run.py"), *overrides, "progress=false",
+             f"tracking.uri=sqlite:///{scratch}/mlflow.db", f"hydra.run.dir={scratch}/run"],
+            cwd=scratch, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"run.py {' '.join(overrides)} failed (status {status})")
+    measured = usage.ru_maxrss * 1024
+    return {"size": cfg.size, "optimizer": cfg.optimizer.name, "precision": cfg.precision,
+            "estimate_mb": round(estimate / MB), "measured_mb": round(measured / MB),
+            "error": f"{(estimate - measured) / measured:+.0%}"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--iterations", type=int, default=3)
+    args = parser.parse_args()
+    register_schemas()
+    rows = [measure([f"content={IMAGES / 'stata.jpg'}", f"style={IMAGES / 'starry_night.jpg'}",
+                     f"size={size}", f"iterations={args.iterations}",
+                     f"optimizer={args.optimizer}", f"precision={args.precision}"])
+            for size in args.sizes]
+    _, markdown = write_tables(rows, PROJECT / "runs" / "benchmarks" / "memory")
+    print(markdown.read_text())
+
+
+if __name__ == "__main__":
+    main()

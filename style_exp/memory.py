@@ -1,0 +1,172 @@
+"""A run's peak memory, estimated before anything is built, and what this process may use.
+
+A run that does not fit is refused in seconds instead of growing until the kernel
+kills it (and everything else on the machine with it). The estimate is arithmetic on
+shapes, no TensorFlow, so the command line can check before loading anything and a
+later tiling feature can ask how large a tile fits:
+
+    peak = BASE + weights in use + K * activations of one forward and backward pass
+           + image-sized float32 buffers (image, gradient, optimiser state, video)
+
+where activations are the elements of every VGG-19 layer up to the deepest one any
+loss reads, at the compute precision. ``BASE`` (the interpreter with TensorFlow,
+MLflow and the weights loaded) and ``K`` were fitted to the peak RSS of real runs
+(32 to 2048 px, Adam and L-BFGS, float32 and bfloat16; worst error 13%): K comes out
+at 1.0, about one copy of every layer's output alive at the peak, as the backward
+pass frees each gradient once used. ``python -m benchmarks.memory`` prints estimate
+against measurement (README, "Benchmarks").
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from style_exp.settings import VGG19_LAYERS
+
+MB = 2**20
+BASE_BYTES = 1175 * MB  # fitted: the process with every library and the weights loaded
+ACTIVATION_FACTOR = 1.0  # fitted: bytes held per activation byte at the peak of a step
+DECODE_BYTES_PER_PIXEL = 24  # decoding an input: 8-bit RGB, float32 RGB, resize planes
+BLOCK_CHANNELS = (64, 128, 256, 512, 512)  # VGG-19's output channels per block
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+IMAGE_BUFFERS = 6  # image, gradient, clipped candidate and step temporaries (float32 RGB)
+VIDEO_BUFFERS = 16  # frames, warped frames, flows both ways, masks, the temporal target
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What decides a run's memory: its image sizes, network, precision and optimiser."""
+
+    content: tuple[int, int]  # (width, height) of the image being optimised
+    styles: tuple[tuple[int, int], ...]  # (width, height) of each style as the network sees it
+    deepest_layer: str  # the deepest VGG-19 layer any loss reads
+    precision: str  # the convolutions' dtype
+    optimizer_images: int  # image-sized tensors the optimiser keeps (Adam 3, L-BFGS 2 x history)
+    sources: tuple[tuple[int, int], ...] = ()  # the input files' own sizes, decoded once
+    video: bool = False
+
+
+def activation_elements(width: int, height: int, deepest_layer: str) -> int:
+    """Elements of every layer's output up to ``deepest_layer`` for one image.
+
+    Pooling ("SAME", 2x2, stride 2) halves each side rounding up, as the network does.
+    """
+    total = 0
+    for name in VGG19_LAYERS[: VGG19_LAYERS.index(deepest_layer) + 1]:
+        block = int(name[4]) - 1  # conv1_1, relu1_1, pool1: the block's number
+        if name.startswith("pool"):
+            width, height = -(-width // 2), -(-height // 2)
+        total += width * height * BLOCK_CHANNELS[block]
+    return total
+
+
+def weight_elements(deepest_layer: str) -> int:
+    """Kernel and bias elements of the convolutions the truncated network builds."""
+    total, channels = 0, 3
+    for name in VGG19_LAYERS[: VGG19_LAYERS.index(deepest_layer) + 1]:
+        if name.startswith("conv"):
+            out = BLOCK_CHANNELS[int(name[4]) - 1]
+            total += 9 * channels * out + out
+            channels = out
+    return total
+
+
+def device_bytes(work: Workload) -> int:
+    """What lives where the network runs (the GPU if there is one): everything but BASE."""
+    dtype = DTYPE_BYTES[work.precision]
+    width, height = work.content
+    step = ACTIVATION_FACTOR * dtype * activation_elements(width, height, work.deepest_layer)
+    # A style's activations are computed once, without a gradient: about two layers live.
+    styles = max((2 * dtype * activation_elements(w, h, work.deepest_layer) // 4
+                  for w, h in work.styles), default=0)
+    buffers = IMAGE_BUFFERS + work.optimizer_images + (VIDEO_BUFFERS if work.video else 0)
+    image = 4 * 3 * width * height
+    return int(max(step, styles) + buffers * image + dtype * weight_elements(work.deepest_layer))
+
+
+def estimate_bytes(work: Workload) -> int:
+    """The run's estimated peak resident memory, in bytes."""
+    decoding = max((DECODE_BYTES_PER_PIXEL * w * h for w, h in work.sources), default=0)
+    return BASE_BYTES + max(device_bytes(work), decoding)
+
+
+def largest_fitting(need_at: Callable[[int], int], available: int, upper: int) -> int:
+    """The largest ``size`` (at most ``upper``) whose need ``need_at(size)`` (bytes, growing
+    with the size) fits in ``available`` bytes, 0 if none does."""
+    low, high = 0, upper
+    while low < high:
+        middle = (low + high + 1) // 2
+        if need_at(middle) <= available:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much memory the run may use, and which limit that is."""
+
+    bytes: int
+    source: str  # e.g. "MemAvailable", "cgroup memory.max", "GPU free memory"
+
+
+def host_budget() -> Budget:
+    """The tighter of MemAvailable and the cgroup's limit, plus what this process holds
+    already (the estimate counts the whole process)."""
+    own = _own_rss()
+    budgets = [Budget(_meminfo_available() + own, "MemAvailable")]
+    cgroup = _cgroup_headroom()
+    if cgroup is not None:
+        budgets.append(Budget(cgroup + own, "cgroup memory limit"))
+    return min(budgets, key=lambda budget: budget.bytes)
+
+
+def gpu_budget() -> Budget | None:
+    """Free memory of the first visible NVIDIA GPU (``nvidia-smi``), None without one."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "0") in ("", "-1") or not shutil.which(
+            "nvidia-smi"):
+        return None
+    try:
+        output = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Budget(int(output[0]) * MB, "GPU free memory") if output else None
+
+
+def _meminfo_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("no MemAvailable in /proc/meminfo")
+
+
+def _cgroup_headroom() -> int | None:
+    """The cgroup's limit minus its usage (v2, then v1), None when unlimited or unknown."""
+    for limit_file, usage_file in (
+            ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+            ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+             "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:  # v1 writes "no limit" as a huge number
+            return max(0, int(limit) - usage)
+        return None
+    return None
+
+
+def _own_rss() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
