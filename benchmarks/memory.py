@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 
 from style_exp.config import register_schemas
 from style_exp.memory import estimate_bytes
-from style_exp.preflight import input_sizes, workload
+from style_exp.preflight import input_sizes, tile_side, workload
 from style_exp.tables import write_tables
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,8 @@ def measure(overrides: list[str]) -> dict[str, object]:
     """Estimate, then run ``run.py`` with ``overrides`` and read its peak RSS."""
     with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    estimate = estimate_bytes(workload(cfg, input_sizes(cfg), cfg.size))
+    sizes = input_sizes(cfg)
+    estimate = estimate_bytes(workload(cfg, sizes, cfg.size, tile_side(cfg, sizes)))
     with tempfile.TemporaryDirectory() as scratch:
         process = subprocess.Popen(
             [sys.executable, str(PROJECT / "run.py"), *overrides, "progress=false",

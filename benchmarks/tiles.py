@@ -1,6 +1,6 @@
 """Tiled optimisation: exactness against the untiled loss, peak memory and time per pixel.
 
-    python -m benchmarks.tiles --exact-size 512 --sizes 512 1024 1536 2048 --tile 512
+    python -m benchmarks.tiles --exact-size 512 --exact-tile 256 --sizes 512 1024 2048 --tile 512
 
 1. Exactness: at ``--exact-size`` (stata in the style of starry_night, the paper's
    layers, float32) the loss terms and the gradient computed by tiles against the
@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--exact-size", type=int, default=512)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 1536, 2048])
     parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--exact-tile", type=int, default=256,
+                        help="tile side for the exactness check (several tiles at --exact-size)")
     parser.add_argument("--max-untiled", type=int, default=2048,
                         help="largest size tried untiled (larger ones would not fit)")
     parser.add_argument("--precision", default="float32")
@@ -108,7 +110,7 @@ def main() -> None:
         print(json.dumps(probe(**json.loads(args.worker))), flush=True)
         return
 
-    exact = exactness(args.exact_size, args.tile)
+    exact = exactness(args.exact_size, args.exact_tile)
     memory = []
     for size in args.sizes:
         for tile in ([0] if size <= args.max_untiled else []) + [args.tile]:
@@ -121,7 +123,7 @@ def main() -> None:
             memory.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(memory[-1], flush=True)
     paths = [*write_tables(exact, args.out / "exactness", f"{args.exact_size} px, tiles of "
-                           f"{args.tile} px, float32, the paper's layers"),
+                           f"{args.exact_tile} px, float32, the paper's layers"),
              *write_tables(memory, args.out / "memory", f"{args.steps} Adam steps per process; "
                            "time is the median step after the first")]
     for path in paths[1::2]:

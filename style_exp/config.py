@@ -21,6 +21,7 @@ from style_exp.cluster import register_launchers
 from style_exp.color import COLOR_MODES
 from style_exp.init import InitSettings
 from style_exp.settings import (
+    MIN_TILE,
     OPTIMIZERS,
     POOLING,
     PRECISIONS,
@@ -34,7 +35,6 @@ from style_exp.settings import (
 )
 from style_exp.videoio import is_clip
 
-MIN_TILE = 64  # px: smaller tiles spend nearly all their time on the halo
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Keys that change no pixel of the result: where it is recorded, what the terminal shows,
 # threading, and the demo's sizes (already copied into size/iterations when they apply).
@@ -120,7 +120,9 @@ class Config:
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
     scales: list[int] = field(default_factory=list)  # coarse-to-fine sizes, last = size
     scale_iterations: list[int] | None = None  # per scale; default: iterations each
-    tiles: int = 0  # px: scales larger than this are optimised tile by tile (0: never)
+    # px: scales larger than this are optimised tile by tile (0: never); auto: tiles as
+    # large as the memory allows, and none when the whole image fits
+    tiles: Any = 0
     model: ModelConfig = MISSING
     loss: LossConfig = MISSING
     optimizer: Any = MISSING  # AdamConfig or LBFGSConfig, chosen by the optimizer group
@@ -302,8 +304,10 @@ def validate(cfg: DictConfig | Config) -> None:
     check_positive("resources.cpus", cfg.resources.cpus)
     check_non_negative("resources.gpus", cfg.resources.gpus)
     scale_plan(cfg)
-    if cfg.tiles != 0 and cfg.tiles < MIN_TILE:
-        raise ConfigError(f"must be 0 (off) or at least {MIN_TILE} px, got {cfg.tiles}", "tiles")
+    if cfg.tiles != "auto" and not (cfg.tiles == 0 or (
+            isinstance(cfg.tiles, int) and cfg.tiles >= MIN_TILE)):
+        raise ConfigError(f"must be 0 (off), auto or a side of at least {MIN_TILE} px, "
+                          f"got {cfg.tiles!r}", "tiles")
     _validate_video(cfg)
     styles = style_paths(cfg.style)
     named = [("content", cfg.content), *((f"style[{i}]", p) for i, p in enumerate(styles))]

@@ -29,6 +29,7 @@ from style_exp.demo import demo_paintings, demo_photo
 from style_exp.images import load_image, resize
 from style_exp.init import InitSettings, initial_image
 from style_exp.losses import LossWeights
+from style_exp.preflight import tile_side
 from style_exp.quality import QualityMeter
 from style_exp.settings import OptimizerSettings, VideoSettings
 from style_exp.stylize import Problem, build_network, rescaled
@@ -115,7 +116,7 @@ def prepare(cfg: DictConfig) -> Job:
         init_settings=init_settings, init=init, seed=cfg.seed,
         network=build_network(weights, loss, cfg.model.pooling, cfg.precision),
         weights_sha256=weights.sha256, optimizer=optimizer_settings(cfg.optimizer),
-        scales=scales, scale_iterations=scale_iterations, tile=cfg.tiles,
+        scales=scales, scale_iterations=scale_iterations, tile=tile_side(cfg),
         files=input_files(cfg),
         quality=QualityMeter(weights, inputs.content, inputs.styles, blend),
         clip=clip, video=video)

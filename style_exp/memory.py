@@ -19,6 +19,7 @@ against measurement (README, "Benchmarks").
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from style_exp.settings import VGG19_LAYERS
+from style_exp.settings import ALIGN, MIN_TILE, VGG19_LAYERS, exact_halo
 
 MB = 2**20
 BASE_BYTES = 1175 * MB  # fitted: the process with every library and the weights loaded
@@ -34,6 +35,7 @@ ACTIVATION_FACTOR = 1.0  # fitted: bytes held per activation byte at the peak of
 DECODE_BYTES_PER_PIXEL = 24  # decoding an input: 8-bit RGB, float32 RGB, resize planes
 BLOCK_CHANNELS = (64, 128, 256, 512, 512)  # VGG-19's output channels per block
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+TILE_BUFFERS = 2  # a tile's gradient padded to the image, and the running sum
 IMAGE_BUFFERS = 6  # image, gradient, clipped candidate and step temporaries (float32 RGB)
 VIDEO_BUFFERS = 16  # frames, warped frames, flows both ways, masks, the temporal target
 
@@ -49,6 +51,7 @@ class Workload:
     optimizer_images: int  # image-sized tensors the optimiser keeps (Adam 3, L-BFGS 2 x history)
     sources: tuple[tuple[int, int], ...] = ()  # the input files' own sizes, decoded once
     video: bool = False
+    tile: int = 0  # px: the network sees crops of this side plus the halo (0: whole images)
 
 
 def activation_elements(width: int, height: int, deepest_layer: str) -> int:
@@ -80,13 +83,40 @@ def device_bytes(work: Workload) -> int:
     """What lives where the network runs (the GPU if there is one): everything but BASE."""
     dtype = DTYPE_BYTES[work.precision]
     width, height = work.content
-    step = ACTIVATION_FACTOR * dtype * activation_elements(width, height, work.deepest_layer)
+    crop_w, crop_h = _seen(work.content, work)
+    step = ACTIVATION_FACTOR * dtype * activation_elements(crop_w, crop_h, work.deepest_layer)
     # A style's activations are computed once, without a gradient: about two layers live.
-    styles = max((2 * dtype * activation_elements(w, h, work.deepest_layer) // 4
-                  for w, h in work.styles), default=0)
+    styles = max((2 * dtype * activation_elements(*_seen(style, work), work.deepest_layer) // 4
+                  for style in work.styles), default=0)
     buffers = IMAGE_BUFFERS + work.optimizer_images + (VIDEO_BUFFERS if work.video else 0)
     image = 4 * 3 * width * height
-    return int(max(step, styles) + buffers * image + dtype * weight_elements(work.deepest_layer))
+    tiled = 0
+    if (crop_w, crop_h) != (width, height):
+        # The tiles' content targets (float32, at relu4_2's grid, 512 channels) and the
+        # padded tile gradients being summed.
+        tiled = 4 * 512 * -(-width // 8) * -(-height // 8) + TILE_BUFFERS * image
+    return int(max(step, styles) + buffers * image + tiled
+               + dtype * weight_elements(work.deepest_layer))
+
+
+def _seen(size: tuple[int, int], work: Workload) -> tuple[int, int]:
+    """The largest image the network sees at once: a tile with its halo, or all of it."""
+    width, height = size
+    if not work.tile or max(width, height) <= work.tile:
+        return width, height
+    crop = ALIGN * -(-work.tile // ALIGN) + 2 * exact_halo([work.deepest_layer])
+    return min(width, crop), min(height, crop)
+
+
+def largest_tile(work: Workload, available: int) -> int:
+    """The largest tile side (a multiple of 16, at least ``MIN_TILE``) whose run fits in
+    ``available`` bytes; 0 when the whole image fits untiled, -1 when no tile fits."""
+    if estimate_bytes(work) <= available:
+        return 0
+    side = largest_fitting(lambda tile: estimate_bytes(dataclasses.replace(work, tile=tile)),
+                           available, max(work.content))
+    side = ALIGN * (side // ALIGN)
+    return side if side >= MIN_TILE else -1
 
 
 def estimate_bytes(work: Workload) -> int:

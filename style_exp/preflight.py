@@ -56,6 +56,15 @@ def check(cfg: DictConfig) -> None:
     check_memory(cfg, sizes)
 
 
+def tile_side(cfg: DictConfig, sizes: InputSizes | None = None) -> int:
+    """``tiles`` as a side in px: ``auto`` asks the memory estimate (0: the image fits whole)."""
+    if cfg.tiles != "auto":
+        return int(cfg.tiles)
+    sizes = sizes or input_sizes(cfg)
+    return max(0, memory.largest_tile(workload(cfg, sizes, cfg.size, 0),
+                                      memory.host_budget().bytes))
+
+
 def input_sizes(cfg: DictConfig) -> InputSizes:
     """Every input file checked (it exists, its header reads) and its size."""
     if cfg.model.weights not in WEIGHT_SOURCES:
@@ -75,8 +84,8 @@ def input_sizes(cfg: DictConfig) -> InputSizes:
     return InputSizes(image_size(cfg.content), styles)
 
 
-def workload(cfg: DictConfig, sizes: InputSizes, size: int) -> memory.Workload:
-    """What the run asks of memory at output size ``size``."""
+def workload(cfg: DictConfig, sizes: InputSizes, size: int, tile: int) -> memory.Workload:
+    """What the run asks of memory at output size ``size`` with tiles of ``tile`` px."""
     layers = [*cfg.loss.content_layers, *cfg.loss.style_layers]
     side = style_side(size, cfg.style_scale)
     return memory.Workload(
@@ -87,6 +96,7 @@ def workload(cfg: DictConfig, sizes: InputSizes, size: int) -> memory.Workload:
         optimizer_images=optimizer_settings(cfg.optimizer).state_images(),
         sources=(sizes.content, *sizes.styles),
         video=sizes.video,
+        tile=tile,
     )
 
 
@@ -97,8 +107,9 @@ def check_memory(cfg: DictConfig, sizes: InputSizes) -> None:
     gpu = memory.gpu_budget()
     if gpu is not None:
         checks.append((memory.device_bytes, gpu))
+    tile = tile_side(cfg, sizes)
     for need_of, budget in checks:
-        need = need_of(workload(cfg, sizes, cfg.size))
+        need = need_of(workload(cfg, sizes, cfg.size, tile))
         if need > budget.bytes:
             raise RunFailure(f"not enough memory: the run needs about {_gb(need)} at its "
                              f"peak, {_gb(budget.bytes)} is available ({budget.source})",
@@ -112,10 +123,14 @@ def _what_fits(cfg: DictConfig, sizes: InputSizes, need_of: Callable[[memory.Wor
     def largest(precision: str) -> int:
         changed = cfg.copy()
         changed.precision = precision
-        return memory.largest_fitting(lambda size: need_of(workload(changed, sizes, size)),
-                                      budget.bytes, cfg.size)
+        return memory.largest_fitting(
+            lambda size: need_of(workload(changed, sizes, size, tile_side(cfg, sizes))),
+            budget.bytes, cfg.size)
 
     fits = largest(cfg.precision)
+    if cfg.tiles == 0 and memory.largest_tile(workload(cfg, sizes, cfg.size, 0),
+                                              budget.bytes) > 0:
+        return f"tiles=auto fits at size={cfg.size}, or size={fits} untiled"
     if not fits:
         return "no size fits; free some memory"
     if cfg.precision != "float32":

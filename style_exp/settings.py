@@ -13,6 +13,7 @@ and a test.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from style_exp.errors import UserError
@@ -25,6 +26,37 @@ VGG19_LAYERS: tuple[str, ...] = (
     "conv4_1", "relu4_1", "conv4_2", "relu4_2", "conv4_3", "relu4_3", "conv4_4", "relu4_4", "pool4",
     "conv5_1", "relu5_1", "conv5_2", "relu5_2", "conv5_3", "relu5_3", "conv5_4", "relu5_4",
 )  # fmt: skip
+# A tile's side and position (``tiles.py``) are multiples of the coarsest layer's stride,
+# so a tile falls on every layer's grid.
+ALIGN = 16  # px
+MIN_TILE = 64  # px: smaller tiles spend nearly all their time on the halo
+
+
+def stride(layer: str) -> int:
+    """How many pixels one position of ``layer`` spans (2 per pooling before it)."""
+    pools = sum(name.startswith("pool") for name in VGG19_LAYERS[:VGG19_LAYERS.index(layer)])
+    return 2**pools
+
+
+def exact_halo(layers: list[str]) -> int:
+    """The halo (px, a multiple of 16) beyond which no position of ``layers`` can see.
+
+    A 3x3 convolution widens the receptive field by 2 steps of the current stride and
+    a 2x2 pooling by one, then doubles the stride: relu5_1 sees 156 px, relu4_2 84.
+    A tile's last position is centred half a stride inside its edge, hence the margin.
+    """
+    deepest = max(VGG19_LAYERS.index(layer) for layer in layers)
+    field, step = 1, 1
+    for name in VGG19_LAYERS[: deepest + 1]:
+        if name.startswith("conv"):
+            field += 2 * step
+        elif name.startswith("pool"):
+            field += step
+            step *= 2
+    reach = (field - 1) // 2 - (step - 1) // 2
+    return ALIGN * math.ceil(reach / ALIGN)
+
+
 POOLING = ("max", "avg")
 PRECISIONS = ("float32", "bfloat16", "float16")
 SCHEDULES = ("constant", "exponential", "step", "cosine")

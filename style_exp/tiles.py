@@ -28,35 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from style_exp.losses import LossWeights, Targets, temporal_loss, total_variation_loss
-from style_exp.settings import VGG19_LAYERS
+from style_exp.settings import ALIGN, exact_halo, stride
 from style_exp.vgg import VGG19Features
-
-ALIGN = 16  # px: the coarsest layer's stride, so tiles fall on every layer's grid
-
-
-def stride(layer: str) -> int:
-    """How many pixels one position of ``layer`` spans (2 per pooling before it)."""
-    pools = sum(name.startswith("pool") for name in VGG19_LAYERS[:VGG19_LAYERS.index(layer)])
-    return 2**pools
-
-
-def exact_halo(layers: list[str]) -> int:
-    """The halo (px, a multiple of 16) beyond which no position of ``layers`` can see.
-
-    A 3x3 convolution widens the receptive field by 2 steps of the current stride and
-    a 2x2 pooling by one, then doubles the stride: relu5_1 sees 156 px, relu4_2 84.
-    A tile's last position is centred half a stride inside its edge, hence the margin.
-    """
-    deepest = max(VGG19_LAYERS.index(layer) for layer in layers)
-    field, step = 1, 1
-    for name in VGG19_LAYERS[: deepest + 1]:
-        if name.startswith("conv"):
-            field += 2 * step
-        elif name.startswith("pool"):
-            field += step
-            step *= 2
-    reach = (field - 1) // 2 - (step - 1) // 2
-    return ALIGN * math.ceil(reach / ALIGN)
 
 
 @dataclass(frozen=True)

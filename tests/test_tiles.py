@@ -1,10 +1,14 @@
 """Tiled evaluation: whole-image Grams, losses and gradients, tile by tile."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import gradient_image, stripes_image
 
+from style_exp import memory, preflight
+from style_exp.errors import RunFailure
 from style_exp.losses import LossWeights, gram_matrix
 from style_exp.settings import AdamSettings
 from style_exp.stylize import Problem, build_network, compute_targets, loss_and_gradient, stylize
@@ -79,3 +83,29 @@ def test_a_tiled_run_follows_the_untiled_one(network, case):
     tiled = stylize(problem, network, init, AdamSettings(), 3, log_every=3, tile=64)
     assert np.abs(tiled.image - whole.image).max() < 0.1
     assert tiled.metrics["loss/total"] == pytest.approx(whole.metrics["loss/total"], rel=1e-4)
+
+
+def test_auto_tiles_pick_the_largest_tile_that_fits():
+    work = memory.Workload(content=(4096, 3072), styles=((2048, 1365),),
+                           deepest_layer="relu5_1", precision="bfloat16", optimizer_images=20)
+    whole = memory.estimate_bytes(work)
+    cap = 12 * 2**30
+    assert whole > cap  # the untiled run would not fit in 12 GB
+    tile = memory.largest_tile(work, cap)
+    assert tile >= 256 and tile % 16 == 0
+    assert memory.estimate_bytes(dataclasses.replace(work, tile=tile)) <= cap
+    assert memory.estimate_bytes(dataclasses.replace(work, tile=tile + 64)) > cap
+    assert memory.largest_tile(work, whole) == 0  # it fits whole: no tiles
+    assert memory.largest_tile(work, 2**30) == -1  # not even the smallest tile fits
+
+
+def test_tiles_auto_resolves_from_the_memory_estimate(compose_config, monkeypatch):
+    cfg = compose_config(["size=4096", "tiles=auto", "optimizer=lbfgs"])
+    monkeypatch.setattr(memory, "host_budget", lambda: memory.Budget(12 * 2**30, "test"))
+    tile = preflight.tile_side(cfg)
+    assert tile > 0
+    preflight.check_memory(cfg, preflight.input_sizes(cfg))  # fits with that tile
+    untiled = compose_config(["size=4096", "optimizer=lbfgs"])
+    with pytest.raises(RunFailure, match="not enough memory") as refused:
+        preflight.check_memory(untiled, preflight.input_sizes(untiled))
+    assert "tiles=auto fits" in refused.value.hint
