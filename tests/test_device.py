@@ -1,0 +1,52 @@
+"""Which 16-bit format the hardware computes natively, decided without running anything."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT
+
+from style_exp import device
+
+SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile"
+SKYLAKE = "fpu sse2 avx2 avx512f avx512bw"
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Xeon\nflags\t\t: {SKYLAKE}\n\n"
+                       f"processor\t: 1\nflags\t\t: {SKYLAKE}\n")
+    assert device.cpu_flags(cpuinfo) == frozenset(SKYLAKE.split())
+    assert device.cpu_flags(tmp_path / "missing") == frozenset()
+
+
+@pytest.mark.parametrize(("flags", "native"), [
+    (SAPPHIRE_RAPIDS, True), ("avx512f avx512_bf16", True), ("avx2 amx_bf16", True),
+    (SKYLAKE, False), ("", False),
+])
+def test_cpu_bfloat16_needs_avx512_bf16_or_amx(flags, native):
+    assert device.cpu_has_native_bfloat16(frozenset(flags.split())) is native
+
+
+@pytest.mark.parametrize(("gpus", "flags", "expected"), [
+    ([], SAPPHIRE_RAPIDS, "bfloat16"),
+    ([], SKYLAKE, "float32"),
+    ([(8, 0)], SKYLAKE, "bfloat16"),  # an A100 decides, whatever the CPU
+    ([(9, 0), (7, 5)], SKYLAKE, "bfloat16"),  # the first GPU runs the step
+    ([(7, 5)], SAPPHIRE_RAPIDS, "float32"),  # a T4: emulated bfloat16 on the GPU
+])
+def test_native_low_precision_follows_the_device_of_the_step(monkeypatch, gpus, flags,
+                                                             expected):
+    monkeypatch.setattr(device, "gpu_compute_capabilities", lambda: gpus)
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags.split()))
+    assert device.native_low_precision() == expected
+
+
+def test_the_cpu_check_does_not_import_tensorflow():
+    code = ("import sys; from style_exp import device; device.cpu_has_native_bfloat16(); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT)
+
+
+def test_native_low_precision_answers_on_this_machine():
+    assert device.native_low_precision() in ("bfloat16", "float32")
