@@ -160,3 +160,17 @@ def test_cli_reports_a_bad_key_by_name(tmp_path):
     )
     assert completed.returncode != 0
     assert "stlye_weight" in completed.stderr
+
+
+def test_tiled_coarse_to_fine_run_is_tracked(compose_config, tmp_path, inputs):
+    content, style = inputs
+    uri, run = _run(compose_config, tmp_path, [
+        f"content={content}", f"style={style}", "size=96", "scales=[48,96]",
+        "scale_iterations=[3,2]", "tiles=64", "optimizer=lbfgs", "tracking.log_every=1"])
+    run()
+    client, record = _only_run(uri)
+    assert record.info.status == "FINISHED"
+    sizes = {m.step: m.value for m in client.get_metric_history(record.info.run_id, "scale/size")}
+    assert sizes[3] == 48 and sizes[5] == 96  # the 96 px scale ran in tiles of 64
+    assert record.data.params["tiles"] == "64"
+    assert (tmp_path / "out" / "output.png").is_file()
