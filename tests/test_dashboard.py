@@ -82,6 +82,9 @@ def test_dashboard_shows_named_runs_and_their_images(server, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     sweep_start = next(i for i, line in enumerate(lines) if line.startswith("Sweep "))
+    compare_line = next(line for line in lines[sweep_start:] if "style_exp.compare" in line)
+    assert compare_line.split("compare", 1)[1].strip().startswith(
+        "python -m style_exp.compare --sweep ")
     link = next(line.split()[-1] for line in lines[sweep_start:]
                 if line.strip().startswith("dashboard"))
     assert link.startswith(f"{server}/#/experiments/")

@@ -73,15 +73,14 @@ def test_sweep_runs_are_named_described_measured_and_imaged(sweep):
         assert any(p.startswith("images/progress+step+0+") for p in images)
 
 
-def test_sweep_prints_its_id_and_the_compare_command(sweep):
+def test_sweep_jobs_print_their_runs(sweep):
+    """Each job prints its run; the sweep's own summary (its id and the compare command)
+    comes when every job succeeded, which tests/test_dashboard.py checks (here one fails)."""
     root, _ = sweep
     printed = (root / "stdout.txt").read_text()
     assert "Run 'grace_hopper x night_swirls · style_weight=500' finished" in printed
     assert "mlflow ui --backend-store-uri sqlite:///" in printed
     assert "workflowType=machine_learning" in printed
-    command = next(line for line in printed.splitlines() if "compare " in line).split(
-        "compare", 1)[1].strip()
-    assert command.startswith("python -m style_exp.compare --sweep ")
     assert (root / "sweep" / "1" / "run.log").read_text().strip()  # job 0 had -1
 
 
