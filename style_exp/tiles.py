@@ -151,18 +151,17 @@ class TiledLoss(TiledNetwork):
                 for layer, lam in self.loss.style_layers.items()])
         style_slopes = tape.gradient(style, grams)  # D = dL/dG per layer
         content = tf.constant(0.0)
-        gradient = tf.zeros_like(image)
+        terms, gradient = self._pixel_terms(image, targets)
+        summed = tf.Variable(gradient)  # tiles add into their crop: no image-sized copy each
         for tile, tile_content in zip(self.tiles, self.content_targets, strict=True):
             value, tile_gradient = self._tile_gradient(_crop(image, tile), tile.box,
                                                        style_slopes, tile_content)
             content += value
             y0, y1, x0, x1 = tile.crop
-            gradient += tf.pad(tile_gradient, [[0, 0], [y0, image.shape[1] - y1],
-                                               [x0, image.shape[2] - x1], [0, 0]])
-        terms, pixel_gradient = self._pixel_terms(image, targets)
+            summed[:, y0:y1, x0:x1, :].assign(summed[:, y0:y1, x0:x1, :] + tile_gradient)
         terms = {"content": content, "style": style, **terms}
         terms["total"] = tf.add_n(list(terms.values()))
-        return terms, gradient + pixel_gradient
+        return terms, tf.convert_to_tensor(summed)
 
     def _tile_gradient_eager(self, crop: tf.Tensor, box: tf.Tensor,
                              style_slopes: dict[str, tf.Tensor],
