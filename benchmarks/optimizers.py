@@ -26,8 +26,8 @@ import numpy as np
 from style_exp.config import default_tracking_uri
 from style_exp.images import load_image, save_image
 from style_exp.losses import LossWeights
-from style_exp.optim import AdamSettings, LBFGSSettings
-from style_exp.stylize import Optimizer, Problem, Progress, build_network, stylize
+from style_exp.settings import NEVER_STOP, AdamSettings, LBFGSSettings, OptimizerSettings
+from style_exp.stylize import Problem, Progress, build_network, stylize
 from style_exp.tables import write_tables
 from style_exp.tracking import environment_tags, experiment_id
 from style_exp.weights import IMAGENET_MEAN_RGB, load_weights
@@ -65,7 +65,7 @@ class Trace:
         return min(within) if within else float("nan")
 
 
-def optimizers(lr: float, iterations: int) -> dict[str, Optimizer]:
+def optimizers(lr: float, iterations: int) -> dict[str, OptimizerSettings]:
     return {
         "adam_constant": AdamSettings(lr=lr),
         "adam_cosine": AdamSettings(lr=lr, schedule="cosine", decay_rate=0.1,
@@ -75,12 +75,12 @@ def optimizers(lr: float, iterations: int) -> dict[str, Optimizer]:
     }
 
 
-def run_trace(name: str, optimizer: Optimizer, problem: Problem, network, init: np.ndarray,
+def run_trace(name: str, optimizer: OptimizerSettings, problem: Problem, network, init: np.ndarray,
               iterations: int) -> Trace:
     trace = Trace(name)
     started = time.perf_counter()
     result = stylize(problem, network, init, optimizer, iterations, log_every=1,
-                     callback=lambda p: trace.record(p, started))
+                     callback=lambda p: trace.record(p, started), stop=NEVER_STOP)
     trace.image = result.image
     return trace
 

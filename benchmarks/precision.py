@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from style_exp.images import load_image
 from style_exp.losses import LossWeights, loss_terms
-from style_exp.optim import LBFGSSettings
+from style_exp.settings import NEVER_STOP, LBFGSSettings
 from style_exp.stylize import Problem, build_network, compute_targets, stylize
 from style_exp.tables import markdown_table
 from style_exp.weights import IMAGENET_MEAN_RGB, load_weights
@@ -52,7 +52,7 @@ def compare(content: str, style: str, size: int, iterations: int, weights) -> di
         network = build_network(weights, SEED_LOSS, "max", precision)
         started = time.perf_counter()
         result = stylize(problem, network, init, LBFGSSettings(), iterations,
-                         log_every=iterations)
+                         log_every=iterations, stop=NEVER_STOP)
         row[f"{precision}_s"] = time.perf_counter() - started
         row[f"{precision}_loss"] = seed_objective(reference, problem, result.image)
     row["ratio"] = row["bfloat16_loss"] / row["float32_loss"]

@@ -89,6 +89,9 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         mlflow.log_text("\n".join(overrides) + "\n", "overrides.txt")
         job = prepare(cfg)
+        # What precision=auto chose: a param to compare runs by, a tag to filter them by.
+        mlflow.log_param("compute_precision", job.precision)
+        mlflow.set_tag("compute_precision", job.precision)
         record = reproduction_record(cfg, job, overrides)
         _log_inputs(job, output_dir)
         if job.clip is not None:
@@ -141,7 +144,8 @@ def _run_still(cfg: DictConfig, job: Job, output_dir: Path, logger: MetricsLogge
         result = stylize_scales(job.problem_at, job.scales, job.scale_iterations, job.network,
                                 job.init, job.optimizer, log_every=cfg.tracking.log_every,
                                 checkpoint_every=cfg.tracking.checkpoint_every,
-                                callback=report, jit_compile=cfg.xla, tile=job.tile)
+                                callback=report, jit_compile=cfg.xla, tile=job.tile,
+                                stop=job.stop)
     except Interrupted as interrupt:
         finish(interrupt.result)
         raise
@@ -177,6 +181,7 @@ def reproduction_record(cfg: DictConfig, job: Job, overrides: list[str]) -> dict
         "versions": versions,
         "seed": cfg.seed,
         "determinism": cfg.determinism,
+        "compute_precision": job.precision,  # what precision=auto chose on this machine
         "weights_sha256": job.weights_sha256,
     }
     mlflow.log_dict(record, "reproduce.json")

@@ -28,6 +28,7 @@ from style_exp.settings import (
     VGG19_LAYERS,
     ConfigError,
     OptimizerSettings,
+    StopSettings,
     VideoSettings,
     check_choice,
     check_non_negative,
@@ -110,11 +111,13 @@ class Config:
     style_weights: list[float] | None = None  # blend weights, default equal
     size: int = 512  # longest side of the output, px
     style_scale: float = 1.0  # style images' longest side = style_scale * size
-    iterations: int = 1000
+    iterations: int = 1000  # a cap: the run stops earlier once converged (see stop)
     seed: int = 0
     progress: bool = True  # progress bar on the terminal
     color: str = "none"  # none | luminance | histogram
-    precision: str = "float32"  # float32 | bfloat16 | float16 (convolutions; losses stay float32)
+    # auto: bfloat16 where the hardware computes it natively, else float32 | float32 |
+    # bfloat16 | float16 (the convolutions; the losses stay float32)
+    precision: str = "auto"
     xla: bool = False  # compile the step with XLA
     determinism: bool = False  # deterministic TF ops: reruns give pixel-identical images
     threads: ThreadsConfig = field(default_factory=ThreadsConfig)
@@ -127,6 +130,7 @@ class Config:
     loss: LossConfig = MISSING
     optimizer: Any = MISSING  # AdamConfig or LBFGSConfig, chosen by the optimizer group
     init: InitSettings = MISSING
+    stop: StopSettings = field(default_factory=StopSettings)
     video: VideoConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
@@ -299,6 +303,7 @@ def validate(cfg: DictConfig | Config) -> None:
     check_choice("model.pooling", cfg.model.pooling, POOLING)
     optimizer_settings(cfg.optimizer).check("optimizer.")
     settings_from(cfg.init, InitSettings).check("init.")
+    settings_from(cfg.stop, StopSettings).check("stop.")
     check_choice("precision", cfg.precision, PRECISIONS)
     check_choice("color", cfg.color, COLOR_MODES)
     check_positive("resources.cpus", cfg.resources.cpus)

@@ -58,6 +58,20 @@ def native_low_precision() -> str:
     return "bfloat16" if native else "float32"
 
 
+def compute_precision(precision: str) -> str:
+    """The precision the convolutions run in: ``precision``, with ``auto`` resolved for the
+    device the step runs on (imports TensorFlow to look for GPUs)."""
+    return native_low_precision() if precision == "auto" else precision
+
+
+def host_precision(precision: str) -> str:
+    """``compute_precision`` as far as the CPU decides it, without importing TensorFlow:
+    what the checks before a run (memory) assume."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if cpu_has_native_bfloat16() else "float32"
+
+
 def cpu_has_native_bfloat16(flags: frozenset[str] | None = None) -> bool:
     """Whether the CPU (or the given /proc/cpuinfo flags) has bfloat16 dot products."""
     return bool(BFLOAT16_CPU_FLAGS & (cpu_flags() if flags is None else flags))

@@ -26,12 +26,13 @@ from style_exp.config import (
     style_side,
 )
 from style_exp.demo import demo_paintings, demo_photo
+from style_exp.device import compute_precision
 from style_exp.images import load_image, resize
 from style_exp.init import InitSettings, initial_image
 from style_exp.losses import LossWeights
 from style_exp.preflight import tile_side
 from style_exp.quality import QualityMeter
-from style_exp.settings import OptimizerSettings, VideoSettings
+from style_exp.settings import OptimizerSettings, StopSettings, VideoSettings
 from style_exp.stylize import Problem, build_network, rescaled
 from style_exp.vgg import VGG19Features
 from style_exp.videoio import Clip, is_clip, open_clip
@@ -58,8 +59,10 @@ class Job:
     init: np.ndarray
     seed: int
     network: VGG19Features
+    precision: str  # what the convolutions compute in (``auto`` resolved)
     weights_sha256: str
     optimizer: OptimizerSettings
+    stop: StopSettings
     scales: list[int]
     scale_iterations: list[int]
     tile: int  # px: scales larger than this are optimised by tiles (0: never)
@@ -109,13 +112,15 @@ def prepare(cfg: DictConfig) -> Job:
     weights = load_weights(cfg.model.weights)
     loss = loss_weights(cfg)
     blend = blend_weights(cfg.style_weights, len(styles))
+    precision = compute_precision(cfg.precision)
     return Job(
         inputs=inputs,
         problem=Problem(content, styles, blend, loss),
         color=cfg.color,
         init_settings=init_settings, init=init, seed=cfg.seed,
-        network=build_network(weights, loss, cfg.model.pooling, cfg.precision),
+        network=build_network(weights, loss, cfg.model.pooling, precision), precision=precision,
         weights_sha256=weights.sha256, optimizer=optimizer_settings(cfg.optimizer),
+        stop=settings_from(cfg.stop, StopSettings),
         scales=scales, scale_iterations=scale_iterations, tile=tile_side(cfg),
         files=input_files(cfg),
         quality=QualityMeter(weights, inputs.content, inputs.styles, blend),

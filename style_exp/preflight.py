@@ -27,6 +27,7 @@ from style_exp.config import (
     style_side,
     validate,
 )
+from style_exp.device import host_precision
 from style_exp.errors import RunFailure, UserError
 from style_exp.images import fitted_size, image_size
 from style_exp.settings import VGG19_LAYERS
@@ -92,7 +93,7 @@ def workload(cfg: DictConfig, sizes: InputSizes, size: int, tile: int) -> memory
         content=fitted_size(sizes.content, size),
         styles=tuple(fitted_size(style, side) for style in sizes.styles),
         deepest_layer=max(layers, key=VGG19_LAYERS.index),
-        precision=cfg.precision,
+        precision=host_precision(cfg.precision),
         optimizer_images=optimizer_settings(cfg.optimizer).state_images(),
         sources=(sizes.content, *sizes.styles),
         video=sizes.video,
@@ -133,7 +134,7 @@ def _what_fits(cfg: DictConfig, sizes: InputSizes, need_of: Callable[[memory.Wor
         return f"tiles=auto fits at size={cfg.size}, or size={fits} untiled"
     if not fits:
         return "no size fits; free some memory"
-    if cfg.precision != "float32":
+    if host_precision(cfg.precision) != "float32":
         return f"size={fits} fits"
     return f"size={fits} fits, or precision=bfloat16 with size={largest('bfloat16')}"
 

@@ -77,6 +77,8 @@ def reproduce(run_id: str, tracking_uri: str, out: Path) -> Comparison:
 
     config.tracking.uri = tracking_uri
     config.progress = False
+    if config.precision == "auto":  # the original machine's choice, not this one's
+        config.precision = record["compute_precision"]
     preflight.check(config)  # this machine may have less memory than the original's
     run(config, out, list(record["overrides"]), tags={"reproduces": run_id})
     produced = np.asarray(Image.open(out / "output.png").convert("RGB"))

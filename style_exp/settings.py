@@ -58,7 +58,9 @@ def exact_halo(layers: list[str]) -> int:
 
 
 POOLING = ("max", "avg")
-PRECISIONS = ("float32", "bfloat16", "float16")
+# What the convolutions compute in; ``auto`` (in a config) picks one for the hardware.
+COMPUTE_PRECISIONS = ("float32", "bfloat16", "float16")
+PRECISIONS = ("auto", *COMPUTE_PRECISIONS)
 SCHEDULES = ("constant", "exponential", "step", "cosine")
 VIDEO_INITS = ("independent", "previous", "flow")
 FLOW_METHODS = ("dis", "farneback")
@@ -153,6 +155,41 @@ class LBFGSSettings:
         """L-BFGS sizes its steps from curvature, so a warm start needs no change."""
         return self
 
+
+@dataclass(frozen=True)
+class StopSettings:
+    """When a run has converged, so that ``iterations`` is a cap, not a count.
+
+    A run stops once its best loss fell by less than ``tolerance`` (relative) over its
+    last ``window`` steps, judged at logged steps. Both were chosen by measurement
+    (README, "Choosing the defaults"); ``tolerance=0`` runs every iteration.
+    """
+
+    window: int = 50  # steps
+    tolerance: float = 0.01
+
+    def check(self, prefix: str = "") -> None:
+        check_positive(f"{prefix}window", self.window)
+        check_non_negative(f"{prefix}tolerance", self.tolerance)
+
+    def reason(self, losses: list[tuple[int, float]]) -> str | None:
+        """Why a run whose (step, loss) history is ``losses`` should stop now, or None."""
+        if self.tolerance <= 0 or not losses:
+            return None
+        step = losses[-1][0]
+        earlier = [loss for at, loss in losses if at <= step - self.window]
+        if not earlier:
+            return None
+        then, now = min(earlier), min(loss for _, loss in losses)
+        fall = (then - now) / abs(then)
+        if fall >= self.tolerance:
+            return None
+        return (f"converged: the loss fell {fall:.2%} in the last {self.window} steps, "
+                f"less than stop.tolerance={self.tolerance:g}")
+
+
+DEFAULT_STOP = StopSettings()
+NEVER_STOP = StopSettings(tolerance=0.0)  # for runs of an exact length (benchmarks, tests)
 
 OptimizerSettings = AdamSettings | LBFGSSettings
 # The optimiser group's names (``optimizer=NAME``) and their settings.

@@ -20,7 +20,13 @@ from style_exp.errors import RunFailure
 from style_exp.images import resize, resize_longest
 from style_exp.losses import LossWeights, Targets, gram_matrix, loss_terms
 from style_exp.optim import LBFGS, PIXEL_RANGE, Adam, free_pixels
-from style_exp.settings import AdamSettings, LBFGSSettings, OptimizerSettings
+from style_exp.settings import (
+    DEFAULT_STOP,
+    AdamSettings,
+    LBFGSSettings,
+    OptimizerSettings,
+    StopSettings,
+)
 from style_exp.tiles import TiledLoss, tiled_grams
 from style_exp.vgg import VGG19Features
 from style_exp.weights import VGGWeights
@@ -143,10 +149,12 @@ class _Reporter:
     """
 
     def __init__(self, iterations: int, log_every: int, checkpoint_every: int,
-                 callback: Callable[[Progress], None] | None, remedy: tuple[str, str]):
+                 callback: Callable[[Progress], None] | None, remedy: tuple[str, str],
+                 stop: StopSettings):
         self.iterations, self.log_every, self.checkpoint_every = iterations, log_every, \
             checkpoint_every
         self.callback = callback
+        self.stop = stop
         self.remedy = remedy  # the knob to name when the loss misbehaves, and what to do
         self.started = self.last_time = time.perf_counter()
         self.last_step = 0
@@ -176,6 +184,10 @@ class _Reporter:
         if self.callback is not None:
             image = current_image() if self.is_checkpoint(step) else None
             self.callback(Progress(step, self.iterations, metrics, image))
+
+    def converged(self) -> str | None:
+        """Why the run should stop now that the loss no longer falls, or None."""
+        return self.stop.reason([(step, metrics["loss/total"]) for step, metrics in self.history])
 
     def fail(self, what: str) -> None:
         """Raise NoProgress saying ``what`` happened, naming the knob to change."""
@@ -226,6 +238,7 @@ def stylize(
     jit_compile: bool = False,
     tile: int = 0,
     require_progress: bool = True,
+    stop: StopSettings = DEFAULT_STOP,
 ) -> Result:
     """Optimise ``init`` towards the problem's content and styles.
 
@@ -236,10 +249,11 @@ def stylize(
     becomes non-finite raises :class:`NoProgress`, and so, with ``require_progress``,
     does one that never falls below its start or ends far above it; an image started
     near its optimum (a warm-started video frame or a later scale) may rightly stay
-    where it is, so its caller turns that off.
+    where it is, so its caller turns that off. ``iterations`` is a cap: the run ends
+    earlier once ``stop`` says the loss has stopped falling (``Result.stop_reason``).
     """
     reporter = _Reporter(iterations, log_every, checkpoint_every, callback,
-                         optimizer.remedy(KNOB_PREFIX))
+                         optimizer.remedy(KNOB_PREFIX), stop)
     result = optimise(optimizer, objective(problem, network, tile, jit_compile), init,
                       iterations, reporter)
     if require_progress:
@@ -273,6 +287,7 @@ def _run_adam(settings: AdamSettings, objective: Objective, init: np.ndarray, it
         image.assign(tf.clip_by_value(image, *PIXEL_RANGE))
         return terms, lr
 
+    stop_reason = "iterations"
     try:
         for i in range(1, iterations + 1):
             terms, lr = step()
@@ -280,9 +295,12 @@ def _run_adam(settings: AdamSettings, objective: Objective, init: np.ndarray, it
                 metrics = {f"loss/{name}": float(value) for name, value in terms.items()}
                 metrics["lr"] = float(lr)
                 reporter.report(i, metrics, lambda: image.numpy()[0])
+                if converged := reporter.converged():
+                    stop_reason = converged
+                    break
     except KeyboardInterrupt as interrupt:
         raise Interrupted(reporter.result(best_image.numpy()[0], True)) from interrupt
-    return reporter.result(best_image.numpy()[0], False)
+    return reporter.result(best_image.numpy()[0], False, stop_reason)
 
 
 def loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Targets,
@@ -376,6 +394,7 @@ def _run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
                 stop_reason = f"convergence: projected gradient {largest_gradient:.3g} <= gtol"
             if reporter.wants(i) or stop_reason != "iterations":
                 reporter.report(i, metrics, lambda: image.numpy()[0])
+                stop_reason = reporter.converged() or stop_reason
             if stop_reason != "iterations":
                 break
     except KeyboardInterrupt as interrupt:
@@ -406,13 +425,15 @@ def stylize_scales(
     callback: Callable[[Progress], None] | None = None,
     jit_compile: bool = False,
     tile: int = 0,
+    stop: StopSettings = DEFAULT_STOP,
 ) -> Result:
     """Coarse-to-fine: optimise at each size in turn, starting from the previous result.
 
     ``problem_at(size)`` gives the problem with the longest side ``size``; ``init`` is
     resized to the first scale. Steps are numbered across scales and every reported
     step carries ``scale/size``, so one run shows all scales on one axis. Scales
-    larger than ``tile`` (px; 0: none) are optimised tile by tile.
+    larger than ``tile`` (px; 0: none) are optimised tile by tile. Each scale ends at
+    its count or, earlier, when ``stop`` finds it converged.
     """
     total = sum(iterations)
     offset, image, results = 0, init, []
@@ -431,7 +452,7 @@ def stylize_scales(
             result = stylize(problem, network, start, optimizer, count, log_every=log_every,
                              checkpoint_every=checkpoint_every, callback=shifted,
                              jit_compile=jit_compile, tile=tile if 0 < tile < size else 0,
-                             require_progress=not results)
+                             require_progress=not results, stop=stop)
         except Interrupted as interrupt:
             results.append(_shift(interrupt.result, offset))
             raise Interrupted(_combine(results)) from interrupt

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from style_exp.settings import POOLING, PRECISIONS, VGG19_LAYERS
+from style_exp.settings import COMPUTE_PRECISIONS, POOLING, VGG19_LAYERS
 from style_exp.weights import VGGWeights
 
 
@@ -28,8 +28,8 @@ class VGG19Features(tf.Module):
             raise ValueError(f"unknown VGG-19 layer(s) {unknown}; known: {', '.join(VGG19_LAYERS)}")
         if pooling not in POOLING:
             raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision not in COMPUTE_PRECISIONS:
+            raise ValueError(f"precision must be one of {COMPUTE_PRECISIONS}, got {precision!r}")
         self.compute_dtype = tf.as_dtype(precision)
         self.outputs = tuple(dict.fromkeys(layers))
         deepest = max(VGG19_LAYERS.index(name) for name in self.outputs)

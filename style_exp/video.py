@@ -27,7 +27,7 @@ import numpy as np
 
 from style_exp.flow import consistency_mask, optical_flow, temporal_error, warp
 from style_exp.images import load_image, save_image
-from style_exp.settings import OptimizerSettings, VideoSettings
+from style_exp.settings import NEVER_STOP, OptimizerSettings, VideoSettings
 from style_exp.stylize import Problem, stylize
 from style_exp.vgg import VGG19Features
 
@@ -232,6 +232,8 @@ def _stylize_frame(index: int, current: np.ndarray, motion: Motion | None,
                 problem, temporal=(init, motion.mask),
                 loss=dataclasses.replace(problem.loss, temporal=settings.temporal_weight))
         optimizer = optimizer.warm_started(settings.frame_lr)
+    # A frame runs its set count (``video.frame_iterations``): warm-started frames start
+    # near their optimum, and stopping them by the still-image rule is not measured.
     result = stylize(problem, network, init, optimizer, iterations, log_every=iterations,
-                     jit_compile=jit_compile, require_progress=not warm)
+                     jit_compile=jit_compile, require_progress=not warm, stop=NEVER_STOP)
     return Frame(index, finish(result.image, current), result.image, dict(result.metrics))

@@ -50,3 +50,15 @@ def test_the_cpu_check_does_not_import_tensorflow():
 
 def test_native_low_precision_answers_on_this_machine():
     assert device.native_low_precision() in ("bfloat16", "float32")
+
+
+@pytest.mark.parametrize(("requested", "flags", "expected"), [
+    ("auto", SAPPHIRE_RAPIDS, "bfloat16"), ("auto", SKYLAKE, "float32"),
+    ("float32", SAPPHIRE_RAPIDS, "float32"), ("bfloat16", SKYLAKE, "bfloat16"),
+])
+def test_auto_precision_is_resolved_and_explicit_ones_are_kept(monkeypatch, requested, flags,
+                                                               expected):
+    monkeypatch.setattr(device, "gpu_compute_capabilities", lambda: [])
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags.split()))
+    assert device.compute_precision(requested) == expected
+    assert device.host_precision(requested) == expected  # what the memory check assumes

@@ -60,6 +60,10 @@ def test_end_to_end_run_is_tracked(compose_config, tmp_path, inputs):
     assert params["loss.style_weight"] == "500.0" and params["size"] == "64"
     assert params["optimizer.name"] == "adam" and params["style_weights"] == "[3.0, 1.0]"
     assert "model.pooling" not in params and "content" not in params
+    # precision=auto, the default, logs what it chose on this machine
+    assert params["compute_precision"] == record.data.tags["compute_precision"]
+    assert params["compute_precision"] in ("bfloat16", "float32")
+    assert record.data.tags["stop_reason"] == "iterations"  # 40 steps: less than a window
     assert record.info.run_name == "content x style+style"
     assert "content distance" in record.data.tags["mlflow.note.content"]
     quality = client.get_metric_history(record.info.run_id, "quality/style_distance")

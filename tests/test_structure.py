@@ -65,3 +65,11 @@ def test_config_validation_needs_no_tensorflow():
             "version_base='1.3'):\n"
             "    validate(compose(config_name='config', overrides=['optimizer=lbfgs']))")
     assert "tensorflow" not in _modules_loaded_by(code)
+
+
+@pytest.mark.parametrize("benchmark", sorted(
+    path.stem for path in (PROJECT / "benchmarks").glob("*.py") if path.stem != "__init__"))
+def test_every_benchmark_imports(benchmark):
+    """Benchmarks run by hand, rarely: an engine change must not leave one unable to start."""
+    subprocess.run([sys.executable, "-c", f"import benchmarks.{benchmark}"], cwd=PROJECT,
+                   check=True, capture_output=True)

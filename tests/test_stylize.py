@@ -7,7 +7,7 @@ from conftest import gradient_image, stripes_image, write_image
 from style_exp.images import MIN_SIDE, load_image
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings
-from style_exp.settings import LBFGSSettings
+from style_exp.settings import NEVER_STOP, LBFGSSettings, StopSettings
 from style_exp.stylize import Interrupted, NoProgress, Problem, build_network, stylize
 from style_exp.weights import IMAGENET_MEAN_RGB
 
@@ -115,3 +115,30 @@ def test_network_is_truncated_at_deepest_used_layer(weights):
                             "avg")
     assert shallow.layers[-1] == "relu2_1"
     assert "conv3_1" not in shallow.kernels
+
+
+@pytest.mark.parametrize(("losses", "stops"), [
+    ([(1, 100.0), (10, 50.0), (20, 49.9)], True),  # 0.2% in the last 10 steps
+    ([(1, 100.0), (10, 50.0), (20, 40.0)], False),  # still falling 20%
+    ([(1, 100.0), (10, 50.0)], False),  # no loss a whole window back yet
+    ([(1, 100.0), (10, 50.0), (15, 70.0), (20, 49.8)], True),  # a spike does not hide it
+])
+def test_the_stop_rule_compares_best_losses_a_window_apart(losses, stops):
+    reason = StopSettings(window=10, tolerance=0.01).reason(losses)
+    assert (reason is not None) is stops
+    if stops:
+        assert "stop.tolerance=0.01" in reason
+    assert NEVER_STOP.reason(losses) is None
+
+
+@pytest.mark.parametrize("optimizer", [AdamSettings(), LBFGSSettings()], ids=["adam", "lbfgs"])
+def test_a_converged_run_stops_before_its_cap_and_says_why(problem, network, optimizer):
+    events = []
+    loose = StopSettings(window=5, tolerance=0.5)  # "converged" once the fall slows below 50%
+    result = stylize(problem, network, _noise(problem.content.shape), optimizer, 200,
+                     log_every=1, callback=events.append, stop=loose)
+    assert 5 < result.steps < 200 and result.stop_reason.startswith("converged")
+    assert events[-1].step == result.steps
+    capped = stylize(problem, network, _noise(problem.content.shape), optimizer, 12,
+                     log_every=1, stop=NEVER_STOP)
+    assert capped.steps == 12 and capped.stop_reason == "iterations"
