@@ -72,3 +72,10 @@ def test_every_benchmark_imports():
     scripts = sorted(path.stem for path in (PROJECT / "benchmarks").glob("*.py"))
     imports = "\n".join(f"import benchmarks.{script}" for script in scripts if script != "__init__")
     subprocess.run([sys.executable, "-c", imports], cwd=PROJECT, check=True, capture_output=True)
+
+
+def test_tensorflow_starts_without_keras_which_still_loads_on_use():
+    assert not _modules_loaded_by("import style_exp.stylize") & {"keras", "sklearn", "pandas"}
+    code = ("import style_exp.stylize\nimport tensorflow as tf\n"
+            "assert tf.keras.layers.Dense(2)(tf.ones((1, 3))).shape == (1, 2)")
+    assert "keras" in _modules_loaded_by(code)
