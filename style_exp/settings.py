@@ -156,7 +156,7 @@ class LBFGSSettings:
         return self
 
 
-@dataclass(frozen=True)
+@dataclass
 class StopSettings:
     """When a run has converged, so that ``iterations`` is a cap, not a count.
 

@@ -23,11 +23,12 @@ def test_overrides_and_groups(compose_config):
     cfg = compose_config([
         "content=photo.jpg", "style=[a.jpg,b.jpg]", "style_weights=[0.8,0.2]", "size=256",
         "loss.style_weight=50", "optimizer.lr=2", "init=image", "init.path=start.png",
-        "model.pooling=avg",
+        "model.pooling=avg", "stop.tolerance=0", "precision=bfloat16",
     ])
     assert style_paths(cfg.style) == ["a.jpg", "b.jpg"]
     assert cfg.size == 256 and cfg.loss.style_weight == 50 and cfg.optimizer.lr == 2
     assert cfg.init.kind == "image" and cfg.init.path == "start.png"
+    assert cfg.stop.tolerance == 0 and cfg.precision == "bfloat16"
     validate(cfg)
 
 
@@ -59,6 +60,9 @@ def test_schema_rejects_wrong_types(compose_config):
     ("optimizer.beta1=1.5", r"must be in \[0, 1\), got 1.5 \(optimizer.beta1\)"),
     ("init=image", r"kind=image needs init.path=FILE \(init.kind\)"),
     ("content=only_content.jpg", "give both content=FILE and style=FILE"),
+    ("stop.window=0", r"must be positive, got 0 \(stop.window\)"),
+    ("stop.tolerance=-0.1", r"must be non-negative, got -0.1 \(stop.tolerance\)"),
+    ("precision=half", r"must be one of \('auto', 'float32'.* \(precision\)"),
 ])
 def test_bad_values_name_the_key(compose_config, override, message):
     with pytest.raises(ConfigError, match=message):
