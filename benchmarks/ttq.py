@@ -153,15 +153,14 @@ class Curve:
 class Scorer:
     """The seed objective on one fixed problem, its targets computed once."""
 
-    def __init__(self, network, content: str, style: str, size: int):
+    def __init__(self, network, content: str, style: str, size: int, style_side: int):
         from benchmarks.precision import SEED_LOSS
-        from style_exp.config import style_side
         from style_exp.images import load_image
         from style_exp.stylize import Problem, compute_targets
 
         self.network = network
-        self.problem = Problem(load_image(content, size),
-                               [load_image(style, style_side(size, 1.0))], [1.0], SEED_LOSS)
+        self.problem = Problem(load_image(content, size), [load_image(style, style_side)], [1.0],
+                               SEED_LOSS)
         self.targets = compute_targets(network, self.problem)
         self.shape = self.problem.content.shape
 
@@ -425,7 +424,7 @@ def main() -> None:
     print(f"scratch runs and their MLflow store: {work}", flush=True)
 
     from benchmarks.precision import SEED_LOSS
-    from style_exp.images import load_image
+    from style_exp.images import image_size, load_image
     from style_exp.stylize import build_network
     from style_exp.tracking import experiment_id
     from style_exp.weights import load_weights
@@ -441,14 +440,18 @@ def main() -> None:
         name_of_pair = pair_name(pair)
         for size in args.sizes:
             print(f"{name_of_pair} at {size} px", flush=True)
-            scorer = Scorer(network, content, style, size)
             width = load_image(content, size).shape[1]
+            # The seed code sizes the style to the content's width: our runs and the score
+            # use the same style size (style_scale), so both optimise the same problem.
+            style_width, style_height = image_size(style)
+            side = max(width, round(style_height * width / style_width))
+            scorer = Scorer(network, content, style, size, side)
             seed = run_seed(args, content, style, size, width, scorer, cache)
             print(f"  seed code: {seed['seconds']:.1f} s, loss {seed['loss']:.5g}", flush=True)
             pair_curves, plains = {}, {}
             for combo in args.combos:
                 overrides = [f"content={content}", f"style={style}", f"size={size}",
-                             *expand(combos[combo], size)]
+                             f"style_scale={side / size!r}", *expand(combos[combo], size)]
                 run_dir = work / f"{name_of_pair}-{size}" / combo
                 curve = checkpointed_curve(args, overrides, run_dir / "checkpointed", uri,
                                            scorer, seed["loss"])
