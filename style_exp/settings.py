@@ -165,8 +165,8 @@ class StopSettings:
     (README, "Choosing the defaults"); ``tolerance=0`` runs every iteration.
     """
 
-    window: int = 50  # steps
-    tolerance: float = 0.01
+    window: int = 20  # steps
+    tolerance: float = 0.05
 
     def check(self, prefix: str = "") -> None:
         check_positive(f"{prefix}window", self.window)

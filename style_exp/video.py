@@ -27,9 +27,18 @@ import numpy as np
 
 from style_exp.flow import consistency_mask, optical_flow, temporal_error, warp
 from style_exp.images import load_image, save_image
-from style_exp.settings import NEVER_STOP, OptimizerSettings, VideoSettings
+from style_exp.settings import (
+    DEFAULT_STOP,
+    NEVER_STOP,
+    OptimizerSettings,
+    StopSettings,
+    VideoSettings,
+)
 from style_exp.stylize import Problem, stylize
 from style_exp.vgg import VGG19Features
+
+# Steps between reads of a frame's loss (each a host round trip): what the stopping rule sees.
+STOP_CHECK_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,7 @@ def stylize_video(
     iterations: int,
     on_frame: Callable[[Frame, bool], None] | None = None,
     jit_compile: bool = False,
+    stop: StopSettings = DEFAULT_STOP,
 ) -> list[Frame]:
     """Stylise each frame in turn; frames already in ``store`` are reused, not redone.
 
@@ -163,7 +173,8 @@ def stylize_video(
     ``finish(image, frame)`` turns an optimised image into the output frame;
     ``start_image(index, frame)`` is where an independent frame starts.
     ``iterations`` is the run's step budget, which the first frame takes unless
-    ``settings.first_frame_iterations`` says otherwise.
+    ``settings.first_frame_iterations`` says otherwise; a frame started afresh (the first,
+    or any with ``video.init=independent``) ends earlier once ``stop`` finds it converged.
     ``on_frame(frame, reused)`` is called as each frame is done or reused.
     ``video/temporal_error`` is measured the same way in every mode, along the
     input's flow, so the modes can be compared.
@@ -182,7 +193,7 @@ def stylize_video(
                 settings.first_frame_iterations or iterations)
             frame = _stylize_frame(index, current, motion, done[-1] if done else None,
                                    problem_for, finish, start_image, network, optimizer,
-                                   settings, budget, jit_compile)
+                                   settings, budget, jit_compile, stop)
             if motion is not None:
                 frame.metrics["video/temporal_error"] = temporal_error(
                     frame.image, motion.carry(done[-1].image), motion.mask)
@@ -219,7 +230,8 @@ def _stylize_frame(index: int, current: np.ndarray, motion: Motion | None,
                    finish: Callable[[np.ndarray, np.ndarray], np.ndarray],
                    start_image: Callable[[int, np.ndarray], np.ndarray],
                    network: VGG19Features, optimizer: OptimizerSettings,
-                   settings: VideoSettings, iterations: int, jit_compile: bool) -> Frame:
+                   settings: VideoSettings, iterations: int, jit_compile: bool,
+                   stop: StopSettings) -> Frame:
     problem = problem_for(current)
     warm = previous is not None and motion is not None and settings.init != "independent"
     if not warm:
@@ -232,8 +244,9 @@ def _stylize_frame(index: int, current: np.ndarray, motion: Motion | None,
                 problem, temporal=(init, motion.mask),
                 loss=dataclasses.replace(problem.loss, temporal=settings.temporal_weight))
         optimizer = optimizer.warm_started(settings.frame_lr)
-    # A frame runs its set count (``video.frame_iterations``): warm-started frames start
-    # near their optimum, and stopping them by the still-image rule is not measured.
-    result = stylize(problem, network, init, optimizer, iterations, log_every=iterations,
-                     jit_compile=jit_compile, require_progress=not warm, stop=NEVER_STOP)
+    # A warm-started frame runs its set count (``video.frame_iterations``): it starts near
+    # its optimum, where the still-image stopping rule was not measured.
+    result = stylize(problem, network, init, optimizer, iterations,
+                     log_every=STOP_CHECK_EVERY, jit_compile=jit_compile,
+                     require_progress=not warm, stop=NEVER_STOP if warm else stop)
     return Frame(index, finish(result.image, current), result.image, dict(result.metrics))

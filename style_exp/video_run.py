@@ -102,7 +102,7 @@ def run_clip(cfg: DictConfig, job: Job, output_dir: Path, tracking_uri: str,
     try:
         frames = stylize_video(job.clip.frames(), job.frame_problem, job.finish, job.frame_start,
                                job.network, job.optimizer, job.video, store, cfg.iterations,
-                               on_frame, jit_compile=cfg.xla)
+                               on_frame, jit_compile=cfg.xla, stop=job.stop)
     finally:
         bar.close()
     mlflow.log_metrics(clip_summary(frames))

@@ -7,22 +7,34 @@ from omegaconf.errors import ValidationError
 from style_exp.config import ConfigError, blend_weights, layer_weights, style_paths, validate
 
 
-def test_defaults_match_the_seed_reference(compose_config):
+def test_defaults_keep_the_seed_loss_and_pick_the_measured_optimiser(compose_config):
     cfg = compose_config()
     assert (cfg.loss.content_weight, cfg.loss.style_weight, cfg.loss.tv_weight) == (5, 500, 100)
     assert list(cfg.loss.content_layers) == ["relu4_2"]
     assert list(cfg.loss.style_layers) == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    assert (cfg.optimizer.name, cfg.init.kind, cfg.precision) == ("lbfgs", "content", "auto")
+    assert cfg.stop.tolerance > 0  # iterations is a cap
+    assert (cfg.size, cfg.style_scale, cfg.model.pooling) == (512, 1.0, "max")
+    validate(cfg)
+
+
+def test_seed_paper_preset_is_the_seed_codes_settings(compose_config):
+    cfg = compose_config(["experiment=seed_paper"])
+    assert (cfg.loss.content_weight, cfg.loss.style_weight, cfg.loss.tv_weight) == (5, 500, 100)
     assert (cfg.optimizer.name, cfg.optimizer.lr) == ("adam", 10.0)
     assert (cfg.optimizer.beta1, cfg.optimizer.beta2, cfg.optimizer.epsilon) == (0.9, 0.999, 1e-8)
-    assert (cfg.size, cfg.iterations, cfg.style_scale) == (512, 1000, 1.0)
-    assert cfg.model.pooling == "max" and cfg.init.kind == "noise"
+    assert cfg.optimizer.schedule == "constant"
+    assert (cfg.init.kind, cfg.init.noise_scale, cfg.init.noise_ratio) == ("noise", 0.256, 0.0)
+    assert (cfg.iterations, cfg.precision, cfg.stop.tolerance) == (1000, "float32", 0)
+    assert cfg.model.pooling == "max" and cfg.loss.style_layer_exponent == 1.0
     validate(cfg)
 
 
 def test_overrides_and_groups(compose_config):
     cfg = compose_config([
         "content=photo.jpg", "style=[a.jpg,b.jpg]", "style_weights=[0.8,0.2]", "size=256",
-        "loss.style_weight=50", "optimizer.lr=2", "init=image", "init.path=start.png",
+        "loss.style_weight=50", "optimizer=adam", "optimizer.lr=2", "init=image",
+        "init.path=start.png",
         "model.pooling=avg", "stop.tolerance=0", "precision=bfloat16",
     ])
     assert style_paths(cfg.style) == ["a.jpg", "b.jpg"]
@@ -57,7 +69,7 @@ def test_schema_rejects_wrong_types(compose_config):
     ("loss.content_layers=[]", r"at least one layer.* \(loss.content_layers\)"),
     ("loss.style_layer_weights=[1,2]", r"2 values for 5 layers \(loss.style_layer_weights\)"),
     ("model.pooling=median", r"must be one of.* \(model.pooling\)"),
-    ("optimizer.beta1=1.5", r"must be in \[0, 1\), got 1.5 \(optimizer.beta1\)"),
+    ("optimizer=adam optimizer.beta1=1.5", r"must be in \[0, 1\), got 1.5 \(optimizer.beta1\)"),
     ("init=image", r"kind=image needs init.path=FILE \(init.kind\)"),
     ("content=only_content.jpg", "give both content=FILE and style=FILE"),
     ("stop.window=0", r"must be positive, got 0 \(stop.window\)"),
@@ -66,7 +78,7 @@ def test_schema_rejects_wrong_types(compose_config):
 ])
 def test_bad_values_name_the_key(compose_config, override, message):
     with pytest.raises(ConfigError, match=message):
-        validate(compose_config([override]))
+        validate(compose_config(override.split()))
 
 
 def test_style_weight_count_must_match(compose_config):

@@ -199,14 +199,14 @@ def test_pooling_changes_the_result(weights, problem):
     ("scales=[64,32]", r"must be positive and increasing.* \(scales\)"),
     ("scales=[32,64]", r"must end at size=512.* \(scales\)"),
     ("scale_iterations=[5,5]", r"positive count for each of the 1 scales.* \(scale_iterations\)"),
-    ("optimizer.schedule=linear", r"must be one of.* \(optimizer.schedule\)"),
+    ("optimizer=adam optimizer.schedule=linear", r"must be one of.* \(optimizer.schedule\)"),
     ("loss.style_layer_exponent=-1", r"must be positive.* \(loss.style_layer_exponent\)"),
     ("init.noise_ratio=1.5", r"must be in \[0, 1\].* \(init.noise_ratio\)"),
     ("color=sepia", r"must be one of.* \(color\)"),
 ])
 def test_bad_values_fail_before_computation(compose_config, override, message):
     with pytest.raises(ConfigError, match=message):
-        validate(compose_config([override]))
+        validate(compose_config(override.split()))
 
 
 def test_bad_lbfgs_value(compose_config):
