@@ -1,4 +1,5 @@
-"""Which 16-bit format the hardware computes natively, decided without running anything."""
+"""Which 16-bit format the hardware computes natively, decided without running anything;
+oneDNN's filter cache."""
 
 import subprocess
 import sys
@@ -62,3 +63,35 @@ def test_auto_precision_is_resolved_and_explicit_ones_are_kept(monkeypatch, requ
     monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags.split()))
     assert device.compute_precision(requested) == expected
     assert device.host_precision(requested) == expected  # what the memory check assumes
+
+
+FILTER_CACHE_PROBE = """
+import dataclasses, sys
+import numpy as np
+import tensorflow as tf
+from style_exp import device
+from style_exp.vgg import VGG19Features
+from style_exp.weights import load_weights
+
+device.configure()
+weights = load_weights()
+halved = dataclasses.replace(weights, kernels={k: v / 2 for k, v in weights.kernels.items()},
+                             biases={k: v / 2 for k, v in weights.biases.items()})
+image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)), tf.float32)
+call = VGG19Features.__call__ if sys.argv[1] == "call" else VGG19Features._forward
+first, second = (call(VGG19Features(w, ["relu1_1"]), image)["relu1_1"] for w in (weights, halved))
+print(float(tf.reduce_max(tf.abs(second - first / 2)) / tf.reduce_max(first)))
+"""
+
+
+def test_the_filter_cache_never_mixes_two_networks_filters():
+    """With oneDNN's frozen-filter cache on (as every run has it), a second network's
+    eager convolutions would reuse the first one's filter; VGG19Features' graph keeps
+    each network's own. Halving every weight halves relu1_1 exactly."""
+    def error(call: str) -> float:
+        out = subprocess.run([sys.executable, "-c", FILTER_CACHE_PROBE, call], check=True,
+                             capture_output=True, text=True, cwd=PROJECT)
+        return float(out.stdout.split()[-1])
+
+    assert error("call") < 1e-6
+    assert error("eager") > 0.1, "oneDNN no longer mixes eager filters: the graph detour can go"
