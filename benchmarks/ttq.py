@@ -5,7 +5,7 @@
     python -m benchmarks.ttq --define 'lbfgs80=optimizer=lbfgs precision=bfloat16 iterations=80' \
         --combos defaults lbfgs80
     python -m benchmarks.ttq --sizes 128 --pairs stata.jpg:dora_maar.jpg --seed-iterations 50 \\
-        --combos defaults lbfgs-bf16            # a quick check of the benchmark itself
+        --combos defaults lbfgs-bf16-noise      # a quick check of the benchmark itself
 
 For each content/style pair and size:
 
@@ -79,16 +79,15 @@ PAIRS = ("stata.jpg:dora_maar.jpg", "tubingen.jpg:starry_night.jpg",
 # Plain override strings; "defaults" gives none, so it is whatever `python run.py` does now.
 COMBOS = {
     "defaults": "",
-    "adam-fp32": "optimizer=adam precision=float32",
-    "adam-bf16": "optimizer=adam precision=bfloat16",
-    "lbfgs-fp32": "optimizer=lbfgs precision=float32 iterations=300",
-    "lbfgs-bf16": "optimizer=lbfgs precision=bfloat16 iterations=300",
-    "lbfgs-bf16-c2f": "optimizer=lbfgs precision=bfloat16 scales=[{half},{size}] "
-                      "scale_iterations=[200,100]",
-    "lbfgs-bf16-content": "optimizer=lbfgs precision=bfloat16 iterations=300 init=content",
+    "seed-paper": "experiment=seed_paper",
+    "adam-bf16-noise": "optimizer=adam init=noise precision=bfloat16",
+    "lbfgs-fp32": "precision=float32",
+    "lbfgs-bf16": "precision=bfloat16",
+    "lbfgs-bf16-noise": "init=noise precision=bfloat16",
+    "lbfgs-bf16-c2f": "precision=bfloat16 scales=[{half},{size}]",
 }
-DEFAULT_COMBOS = ("defaults", "adam-fp32", "lbfgs-fp32", "lbfgs-bf16", "lbfgs-bf16-c2f",
-                  "lbfgs-bf16-content")
+DEFAULT_COMBOS = ("defaults", "adam-bf16-noise", "lbfgs-fp32", "lbfgs-bf16-noise",
+                  "lbfgs-bf16-c2f")
 TARGET_FRACTION = 0.05  # of the seed code's wall time (issue 16)
 
 
