@@ -298,6 +298,7 @@ def plot(results: list[tuple[str, int, dict, dict[str, Curve], dict[str, tuple[f
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     columns = min(3, len(results))
     rows = math.ceil(len(results) / columns)
@@ -321,6 +322,8 @@ def plot(results: list[tuple[str, int, dict, dict[str, Curve], dict[str, tuple[f
                    label=f"{TARGET_FRACTION:.0%} of the seed's time")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 10, 100: seconds read plainly
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlapped
         ax.set_ylim(top=ceiling * 1.1)
         ax.set_xlabel("whole-process seconds")
         ax.set_ylabel("seed objective / seed code's")
