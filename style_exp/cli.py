@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -94,6 +95,8 @@ def _run(hydra_main: Callable[[], None]) -> None:
     if not _flag(VERBOSE):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no notes on store creation
+        # TensorFlow's Python notes, e.g. that a tiled run traced its edge tiles' shapes
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     for name, value in MLFLOW_HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
     if brief:
