@@ -1,6 +1,8 @@
 """The memory estimate against the measured peak: is the up-front refusal honest?
 
     python -m benchmarks.memory --sizes 256 512 1024 [--optimizer lbfgs] [--precision bfloat16]
+    python -m benchmarks.memory --sizes 1024 2048 --tiles 512 --optimizer lbfgs \
+        --set optimizer.history_size=10
 
 Each size is a real `python run.py` in a fresh process (a few iterations on
 stata.jpg in the style of starry_night.jpg from ``$STYLE_EXP_IMAGES``); its peak
@@ -45,7 +47,8 @@ def measure(overrides: list[str]) -> dict[str, object]:
     if status != 0:
         raise SystemExit(f"run.py {' '.join(overrides)} failed (status {status})")
     measured = usage.ru_maxrss * 1024
-    return {"size": cfg.size, "optimizer": cfg.optimizer.name, "precision": cfg.precision,
+    return {"size": cfg.size, "tiles": cfg.tiles, "optimizer": cfg.optimizer.name,
+            "precision": cfg.precision,
             "estimate_mb": round(estimate / MB), "measured_mb": round(measured / MB),
             "error": f"{(estimate - measured) / measured:+.0%}"}
 
@@ -56,11 +59,15 @@ def main() -> None:
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--tiles", default="0", help="a tile side in px, or auto")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="further overrides for every run")
     args = parser.parse_args()
     register_schemas()
     rows = [measure([f"content={IMAGES / 'stata.jpg'}", f"style={IMAGES / 'starry_night.jpg'}",
                      f"size={size}", f"iterations={args.iterations}",
-                     f"optimizer={args.optimizer}", f"precision={args.precision}"])
+                     f"optimizer={args.optimizer}", f"precision={args.precision}",
+                     f"tiles={args.tiles}", *args.set])
             for size in args.sizes]
     _, markdown = write_tables(rows, PROJECT / "runs" / "benchmarks" / "memory")
     print(markdown.read_text())

@@ -146,10 +146,13 @@ def run_job(cfg: DictConfig) -> None:
 
 def _checked_run(cfg: DictConfig) -> None:
     """Check everything that can be checked in a blink, then load TensorFlow and run."""
-    from style_exp import preflight
+    from style_exp import memory, preflight
 
     overrides = list(HydraConfig.get().overrides.task)
-    preflight.check(with_demo_defaults(cfg, overridden_keys(overrides)))
+    checked = with_demo_defaults(cfg, overridden_keys(overrides))
+    preflight.check(checked)
+    if 0 < preflight.tile_side(checked) < checked.size:
+        memory.return_freed_memory()  # only takes full effect before TensorFlow loads
     with _quiet_native_output():
         import tensorflow  # noqa: F401  (loaded here so its start-up lines can be hidden)
     from style_exp.app import run_hydra_job

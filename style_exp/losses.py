@@ -67,6 +67,8 @@ class LossWeights:
 class Targets:
     """What the image is pulled towards, computed once before optimisation."""
 
+    # The content's activations per layer, in the network's dtype (exactly what a
+    # float32 copy would hold, at half the bytes under bfloat16).
     content: dict[str, tf.Tensor]
     # One (blend weight, {layer: Gram}) pair per style image.
     style_grams: list[tuple[float, dict[str, tf.Tensor]]]
@@ -79,7 +81,8 @@ def loss_terms(features: dict[str, tf.Tensor], image: tf.Tensor, targets: Target
                weights: LossWeights) -> dict[str, tf.Tensor]:
     """The weighted content, style, TV (and, for video, temporal) terms, and their total."""
     content = sum(
-        a * content_loss(tf.cast(features[layer], tf.float32), targets.content[layer])
+        a * content_loss(tf.cast(features[layer], tf.float32),
+                         tf.cast(targets.content[layer], tf.float32))
         for layer, a in weights.content_layers.items()
     )
     grams = {layer: gram_matrix(features[layer]) for layer in weights.style_layers}

@@ -2,23 +2,28 @@
 
 A run that does not fit is refused in seconds instead of growing until the kernel
 kills it (and everything else on the machine with it). The estimate is arithmetic on
-shapes, no TensorFlow, so the command line can check before loading anything and a
-later tiling feature can ask how large a tile fits:
+shapes, no TensorFlow, so the command line can check before loading anything and
+``tiles=auto`` can ask how large a tile fits:
 
     peak = BASE + weights in use + K * activations of one forward and backward pass
            + image-sized float32 buffers (image, gradient, optimiser state, video)
+           + L-BFGS' history + (tiled) the tiles' content targets
 
 where activations are the elements of every VGG-19 layer up to the deepest one any
-loss reads, at the compute precision. ``BASE`` (the interpreter with TensorFlow,
-MLflow and the weights loaded) and ``K`` were fitted to the peak RSS of real runs
-(32 to 2048 px, Adam and L-BFGS, float32 and bfloat16; worst error 13%): K comes out
-at 1.0, about one copy of every layer's output alive at the peak, as the backward
-pass frees each gradient once used. ``python -m benchmarks.memory`` prints estimate
-against measurement (README, "Benchmarks").
+loss reads, at the compute precision, for the whole image or one tile with its halo.
+Tiled runs keep L-BFGS' history in bfloat16 (``optim.LBFGS``); their image-sized
+buffers, ``TILED_IMAGE_BUFFERS``, were fitted to tiled runs' peaks. ``BASE`` (the
+interpreter with TensorFlow, MLflow and the weights loaded) and ``K`` were fitted to the
+peak RSS of real runs (32 to 2048 px, Adam and L-BFGS, float32 and bfloat16; worst error
+13%): K comes out at 1.0, about one copy of every layer's output alive at the peak, as
+the backward pass frees each gradient once used. ``python -m benchmarks.memory`` prints
+estimate against measurement (README, "Benchmarks").
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import os
 import shutil
@@ -35,9 +40,11 @@ ACTIVATION_FACTOR = 1.0  # fitted: bytes held per activation byte at the peak of
 DECODE_BYTES_PER_PIXEL = 24  # decoding an input: 8-bit RGB, float32 RGB, resize planes
 BLOCK_CHANNELS = (64, 128, 256, 512, 512)  # VGG-19's output channels per block
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-TILE_BUFFERS = 2  # a tile's gradient padded to the image, and the running sum
 IMAGE_BUFFERS = 6  # image, gradient, clipped candidate and step temporaries (float32 RGB)
+TILED_IMAGE_BUFFERS = 6  # fitted to tiled L-BFGS runs (1024, 2048 px): the same, the tiles' sum
 VIDEO_BUFFERS = 16  # frames, warped frames, flows both ways, masks, the temporal target
+MMAP_THRESHOLD = 1 * MB  # tiled runs: blocks this large come from mmap, and go back on free
+M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number (malloc.h)
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,8 @@ class Workload:
     styles: tuple[tuple[int, int], ...]  # (width, height) of each style as the network sees it
     deepest_layer: str  # the deepest VGG-19 layer any loss reads
     precision: str  # the convolutions' dtype
-    optimizer_images: int  # image-sized tensors the optimiser keeps (Adam 3, L-BFGS 2 x history)
+    optimizer_images: int  # image-sized float32 tensors the optimiser keeps (Adam 3, L-BFGS 6)
+    history_images: int = 0  # L-BFGS' (s, y) pairs, 2 x history (float32; bfloat16 if tiled)
     sources: tuple[tuple[int, int], ...] = ()  # the input files' own sizes, decoded once
     video: bool = False
     tile: int = 0  # px: the network sees crops of this side plus the halo (0: whole images)
@@ -88,13 +96,15 @@ def device_bytes(work: Workload) -> int:
     # A style's activations are computed once, without a gradient: about two layers live.
     styles = max((2 * dtype * activation_elements(*_seen(style, work), work.deepest_layer) // 4
                   for style in work.styles), default=0)
-    buffers = IMAGE_BUFFERS + work.optimizer_images + (VIDEO_BUFFERS if work.video else 0)
     image = 4 * 3 * width * height
-    tiled = 0
-    if (crop_w, crop_h) != (width, height):
-        # The tiles' content targets (float32, at relu4_2's grid, 512 channels) and the
-        # padded tile gradients being summed.
-        tiled = 4 * 512 * -(-width // 8) * -(-height // 8) + TILE_BUFFERS * image
+    if (crop_w, crop_h) == (width, height):
+        buffers, tiled = IMAGE_BUFFERS + work.optimizer_images + work.history_images, 0
+    else:
+        # L-BFGS' history is kept in bfloat16; the tiles' content targets (relu4_2's
+        # grid, 512 channels) in the network's dtype.
+        buffers = TILED_IMAGE_BUFFERS + work.optimizer_images + work.history_images / 2
+        tiled = dtype * 512 * -(-width // 8) * -(-height // 8)
+    buffers += VIDEO_BUFFERS if work.video else 0
     return int(max(step, styles) + buffers * image + tiled
                + dtype * weight_elements(work.deepest_layer))
 
@@ -200,3 +210,24 @@ def _own_rss() -> int:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def return_freed_memory() -> None:
+    """Have freed tensors go back to the kernel: for tiled runs, before TensorFlow loads.
+
+    A tiled step allocates and frees image-sized tensors and tile activations of many
+    sizes over and over. TensorFlow's oneDNN CPU allocator keeps large blocks in a pool
+    of its own (a best-fit arena that never shrinks), and glibc serves blocks below its
+    mmap threshold (which it raises up to 32 MB as large blocks are freed) from heaps that
+    fragment and rarely shrink; between them the peak RSS of a tiled print-size run was
+    about twice what its tensors need. So oneDNN allocates with malloc
+    (``TF_ONEDNN_USE_SYSTEM_ALLOCATOR``, read when TensorFlow makes its allocator, hence
+    before it loads) and malloc maps every block of 1 MB or more on its own (``mallopt``
+    now, as ``MALLOC_MMAP_THRESHOLD_`` is read only when a process starts; the variable
+    is set too, for child processes). Untiled runs keep the defaults, which are faster:
+    their few tensor sizes recur every step and the pools serve them.
+    """
+    os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
+    with contextlib.suppress(OSError, AttributeError):  # no glibc: other knobs, not these
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)

@@ -85,39 +85,47 @@ def smooth(vector: tf.Tensor, spectrum_filter: tf.Tensor | None) -> tf.Tensor:
     return tf.transpose(tf.signal.irfft2d(spectrum, fft_length=[height, width]), (0, 2, 3, 1))
 
 
-# Module level and compiled with XLA, which fuses the two loops' ~4 x history_size small
-# vector operations (at 256 px: 12 ms instead of 58, a sixth of a loss-and-gradient
-# evaluation); one compilation serves every run with the same image size and memory.
-@tf.function(jit_compile=True, autograph=False)
-def two_loop(image: tf.Tensor, gradient: tf.Tensor, s: tf.Tensor, y: tf.Tensor,
-             rho: tf.Tensor, stored: tf.Tensor, gamma: tf.Tensor,
-             spectrum_filter: tf.Tensor | None) -> tf.Tensor:
+def recursion(image: tf.Tensor, gradient: tf.Tensor, s: tf.Tensor, y: tf.Tensor,
+              rho: tf.Tensor, stored: tf.Tensor, gamma: tf.Tensor,
+              spectrum_filter: tf.Tensor | None) -> tf.Tensor:
     """Nocedal's two-loop recursion: the step -H g over the free pixels.
 
     ``s``, ``y`` and ``rho`` form a ring buffer of which ``stored`` pairs were
     written (slots with rho = 0 are empty and contribute nothing); H's initial guess
     is ``gamma`` times the smoothing filter. With no pairs yet, the step is scaled
     to one grey level RMS, since there is no curvature to size it by.
+
+    Each use reads its slot afresh (and widens it to float32), so run eagerly it holds
+    one slot at a time, never a float32 copy of the whole history.
     """
     free = free_pixels(image, gradient)
     q = tf.reshape(tf.where(free, gradient, 0.0), (-1,))
     memory = s.shape[0]
-    # Slots newest first. Gathered, not sliced: XLA would compile a slice anew for
-    # every value of a variable index.
-    pairs = [tuple(tf.gather(t, (stored - 1 - j) % memory) for t in (s, y, rho))
-             for j in range(memory)]
+
+    def slot(pairs: tf.Tensor, j: int) -> tf.Tensor:
+        # The j-th newest slot. Gathered, not sliced: XLA would compile a slice anew
+        # for every value of a variable index.
+        return tf.cast(tf.gather(pairs, (stored - 1 - j) % memory), tf.float32)
+
     alphas = []
-    for s_i, y_i, rho_i in pairs:
-        alpha = rho_i * tf.tensordot(s_i, q, 1)
-        q -= alpha * y_i
+    for j in range(memory):
+        alpha = slot(rho, j) * tf.tensordot(slot(s, j), q, 1)
+        q -= alpha * slot(y, j)
         alphas.append(alpha)
     r = tf.reshape(gamma * smooth(tf.reshape(q, image.shape), spectrum_filter), (-1,))
-    for (s_i, y_i, rho_i), alpha in zip(reversed(pairs), reversed(alphas), strict=True):
-        beta = rho_i * tf.tensordot(y_i, r, 1)
-        r += (alpha - beta) * s_i
+    del q  # eagerly, one image-sized tensor fewer during the second loop
+    for j in reversed(range(memory)):
+        beta = slot(rho, j) * tf.tensordot(slot(y, j), r, 1)
+        r += (alphas[j] - beta) * slot(s, j)
     step = tf.where(free, -tf.reshape(r, image.shape), 0.0)
     rms = tf.sqrt(tf.reduce_mean(tf.square(step))) + 1e-12
     return step / tf.where(stored > 0, 1.0, rms)
+
+
+# Compiled with XLA, which fuses the two loops' ~4 x history_size small vector
+# operations (at 256 px: 12 ms instead of 58, a sixth of a loss-and-gradient
+# evaluation); one compilation serves every run with the same image size and memory.
+two_loop = tf.function(recursion, jit_compile=True, autograph=False)
 
 
 class LBFGS(tf.Module):
@@ -127,15 +135,25 @@ class LBFGS(tf.Module):
     The initial inverse Hessian is gamma * P with P = (1 - lambda * Laplacian)^-1,
     applied per colour channel in the Fourier domain: symmetric and positive
     definite, so every step is a descent direction.
+
+    With ``bounded_memory`` (tiled runs, where the history is the largest thing left
+    that grows with the image) the pairs are stored in bfloat16, half the bytes, and
+    the recursion runs eagerly slot by slot instead of as one XLA program that holds
+    float32 copies of every slot at once. The curvature and scaling are computed from
+    the pairs as stored, so the recursion is exact for what it keeps: the direction
+    differs from the float32 one by bfloat16's rounding (README, "Print sizes").
     """
 
-    def __init__(self, shape: tuple[int, ...], settings: LBFGSSettings):
+    def __init__(self, shape: tuple[int, ...], settings: LBFGSSettings,
+                 bounded_memory: bool = False):
         super().__init__(name="lbfgs")
         self.settings = settings
         size = math.prod(shape)
         memory = settings.history_size
-        self.s = tf.Variable(tf.zeros((memory, size)), trainable=False)
-        self.y = tf.Variable(tf.zeros((memory, size)), trainable=False)
+        dtype = tf.bfloat16 if bounded_memory else tf.float32
+        self.recursion = recursion if bounded_memory else two_loop
+        self.s = tf.Variable(tf.zeros((memory, size), dtype), trainable=False)
+        self.y = tf.Variable(tf.zeros((memory, size), dtype), trainable=False)
         self.rho = tf.Variable(tf.zeros((memory,)), trainable=False)  # 1 / (s . y); 0: empty
         self.stored = tf.Variable(0, trainable=False)  # pairs stored so far
         self.gamma = tf.Variable(1.0, trainable=False)
@@ -152,20 +170,22 @@ class LBFGS(tf.Module):
         return smooth(vector, self.filter)
 
     def direction(self, image: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
-        """The step -H g over the free pixels (see ``two_loop``)."""
+        """The step -H g over the free pixels (see ``recursion``)."""
         memory = (tf.convert_to_tensor(v) for v in (self.s, self.y, self.rho, self.stored,
                                                     self.gamma))
-        return two_loop(image, gradient, *memory, self.filter)
+        return self.recursion(image, gradient, *memory, self.filter)
 
     def remember(self, step: tf.Tensor, gradient_change: tf.Tensor) -> None:
         """Store a pair if it has positive curvature (the loss is not convex everywhere)."""
+        step, gradient_change = (tf.cast(tf.cast(t, self.s.dtype), tf.float32)
+                                 for t in (step, gradient_change))  # the pair as stored
         curvature = tf.reduce_sum(step * gradient_change)
         scaled_change = tf.reduce_sum(gradient_change * self.precondition(gradient_change))
         i = self.stored % self.settings.history_size
 
         def store() -> tf.Tensor:
-            self.s[i].assign(tf.reshape(step, (-1,)))
-            self.y[i].assign(tf.reshape(gradient_change, (-1,)))
+            self.s[i].assign(tf.cast(tf.reshape(step, (-1,)), self.s.dtype))
+            self.y[i].assign(tf.cast(tf.reshape(gradient_change, (-1,)), self.y.dtype))
             self.rho[i].assign(1.0 / curvature)
             self.gamma.assign(curvature / scaled_change)
             return self.stored.assign_add(1)

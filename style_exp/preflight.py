@@ -89,12 +89,14 @@ def workload(cfg: DictConfig, sizes: InputSizes, size: int, tile: int) -> memory
     """What the run asks of memory at output size ``size`` with tiles of ``tile`` px."""
     layers = [*cfg.loss.content_layers, *cfg.loss.style_layers]
     side = style_side(size, cfg.style_scale)
+    optimizer = optimizer_settings(cfg.optimizer)
     return memory.Workload(
         content=fitted_size(sizes.content, size),
         styles=tuple(fitted_size(style, side) for style in sizes.styles),
         deepest_layer=max(layers, key=VGG19_LAYERS.index),
         precision=host_precision(cfg.precision),
-        optimizer_images=optimizer_settings(cfg.optimizer).state_images(),
+        optimizer_images=optimizer.state_images(),
+        history_images=optimizer.history_images(),
         sources=(sizes.content, *sizes.styles),
         video=sizes.video,
         tile=tile,

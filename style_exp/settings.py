@@ -117,6 +117,10 @@ class AdamSettings:
         """Image-sized tensors the optimiser keeps: both moments and the best image."""
         return 3
 
+    def history_images(self) -> int:
+        """Image-sized tensors of past steps: none."""
+        return 0
+
     def remedy(self, prefix: str = "") -> tuple[str, str]:
         """The knob to change when the loss does not fall or blows up, and how."""
         return f"{prefix}lr={self.lr:g}", f"lower it, e.g. {prefix}lr={self.lr / 10:g}"
@@ -143,9 +147,13 @@ class LBFGSSettings:
             check_non_negative(f"{prefix}{name}", getattr(self, name))
 
     def state_images(self) -> int:
-        """Image-sized tensors kept: the history's step and gradient-change pairs, plus the
-        gradient, direction, candidate, its gradient and the preconditioner's spectra."""
-        return 2 * self.history_size + 6
+        """Image-sized tensors kept besides the history: the gradient, direction,
+        candidate, its gradient and the preconditioner's spectra."""
+        return 6
+
+    def history_images(self) -> int:
+        """The history's step and gradient-change pairs."""
+        return 2 * self.history_size
 
     def remedy(self, prefix: str = "") -> tuple[str, str]:
         """The knob to change when no step lowers the loss from the start, and how."""

@@ -110,8 +110,7 @@ def compute_targets(network: VGG19Features, problem: Problem, tile: int = 0) -> 
     content = {}
     if not tile:
         features = network(tf.constant(problem.content[None], tf.float32))
-        content = {layer: tf.cast(features[layer], tf.float32)
-                   for layer in problem.loss.content_layers}
+        content = {layer: features[layer] for layer in problem.loss.content_layers}
     temporal = None
     if problem.temporal is not None:
         warped, mask = problem.temporal
@@ -122,10 +121,15 @@ def compute_targets(network: VGG19Features, problem: Problem, tile: int = 0) -> 
 
 @dataclass(frozen=True)
 class Objective:
-    """The loss terms and their gradient at an image, and how to compile a step around it."""
+    """The loss terms and their gradient at an image, and how to compile a step around it.
+
+    ``tiled``: the loss is evaluated by tiles, so image-sized state is what grows with
+    the image and the optimiser should bound its own (``LBFGS(bounded_memory=...)``).
+    """
 
     evaluate: Callable[[tf.Tensor], tuple[dict[str, tf.Tensor], tf.Tensor]]
     compile: Callable[[Callable], Callable]
+    tiled: bool = False
 
 
 def objective(problem: Problem, network: VGG19Features, tile: int = 0,
@@ -136,7 +140,7 @@ def objective(problem: Problem, network: VGG19Features, tile: int = 0,
     targets = compute_targets(network, problem, tile)
     if tile:
         tiled = TiledLoss(network, problem.loss, problem.content, tile)
-        return Objective(lambda image: tiled(image, targets), lambda step: step)
+        return Objective(lambda image: tiled(image, targets), lambda step: step, tiled=True)
     return Objective(lambda image: loss_and_gradient(network, image, targets, problem.loss),
                      lambda step: tf.function(step, jit_compile=jit_compile, autograph=False))
 
@@ -329,7 +333,7 @@ def _run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
     Accepted steps only ever lower the loss, so the current image is the best one.
     """
     image = tf.Variable(np.clip(init, *PIXEL_RANGE)[None].astype(np.float32), name="image")
-    lbfgs = LBFGS(tuple(image.shape), settings)
+    lbfgs = LBFGS(tuple(image.shape), settings, bounded_memory=objective.tiled)
     gradient, direction = tf.Variable(tf.zeros_like(image)), tf.Variable(tf.zeros_like(image))
     loss = tf.Variable(math.inf)
 

@@ -129,10 +129,16 @@ class TiledLoss(TiledNetwork):
                          side, halo)
         self.loss = loss
         self._tile_gradient = tf.function(self._tile_gradient_eager, reduce_retracing=True)
+        # One XLA program: fused, the whole-image TV term and its gradient need no
+        # image-sized temporaries besides the gradient itself.
+        self._pixel_terms = tf.function(self._pixel_terms_eager, jit_compile=True,
+                                        autograph=False)
         image = tf.constant(content[None], tf.float32)
-        # Per tile, the content's features at the tile's own positions.
+        # Per tile, the content's features at the tile's own positions, in the network's
+        # dtype (a float32 copy would hold the same values in twice the bytes).
         self.content_targets = [
-            {layer: owned(features, layer, tile.box) for layer in loss.content_layers}
+            {layer: tf.cast(owned(features, layer, tile.box), network.compute_dtype)
+             for layer in loss.content_layers}
             for tile in self.tiles for features in [network(_crop(image, tile))]]
 
     def __call__(self, image: tf.Tensor,
@@ -151,7 +157,7 @@ class TiledLoss(TiledNetwork):
                 for layer, lam in self.loss.style_layers.items()])
         style_slopes = tape.gradient(style, grams)  # D = dL/dG per layer
         content = tf.constant(0.0)
-        terms, gradient = self._pixel_terms(image, targets)
+        terms, gradient = self._pixel_terms(image, targets.temporal)
         summed = tf.Variable(gradient)  # tiles add into their crop: no image-sized copy each
         for tile, tile_content in zip(self.tiles, self.content_targets, strict=True):
             value, tile_gradient = self._tile_gradient(_crop(image, tile), tile.box,
@@ -173,7 +179,8 @@ class TiledLoss(TiledNetwork):
             features = self.network(crop)
             content = self.loss.content * tf.add_n([
                 a * self._mean_share(tf.square(owned(features, layer, box)
-                                               - content_targets[layer]), layer)
+                                               - tf.cast(content_targets[layer], tf.float32)),
+                                     layer)
                 for layer, a in self.loss.content_layers.items()])
             # Its gradient at each position is the style loss's: 2 D F_p / (N C).
             surrogate = tf.add_n([
@@ -186,13 +193,14 @@ class TiledLoss(TiledNetwork):
         """This tile's part of a mean over all N positions and C channels of ``layer``."""
         return tf.reduce_sum(values) / (self.positions[layer] * values.shape[-1])
 
-    def _pixel_terms(self, image: tf.Tensor,
-                     targets: Targets) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        """TV (and the temporal term) on the whole image, with their gradient."""
+    def _pixel_terms_eager(self, image: tf.Tensor, temporal: tuple[tf.Tensor, tf.Tensor] | None
+                           ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        """TV (and the temporal term, given its target and mask) on the whole image, with
+        their gradient."""
         with tf.GradientTape() as tape:
             tape.watch(image)
             terms = {"tv": self.loss.tv * total_variation_loss(image)}
-            if targets.temporal is not None:
-                terms["temporal"] = self.loss.temporal * temporal_loss(image, *targets.temporal)
+            if temporal is not None:
+                terms["temporal"] = self.loss.temporal * temporal_loss(image, *temporal)
             total = tf.add_n(list(terms.values()))
         return terms, tape.gradient(total, image)

@@ -22,6 +22,7 @@ from style_exp.stylize import (
 )
 from style_exp.weights import IMAGENET_MEAN_RGB
 
+BOUNDED_DIRECTION_TOLERANCE = 1e-3  # relative L2 difference of two directions; 2e-4 measured
 LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
                    {f"relu{i}_1": 0.2 for i in range(1, 6)})
 
@@ -111,6 +112,26 @@ def test_lbfgs_direction_descends_and_holds_pixels_pushed_past_a_bound():
         (image.numpy() == 255) & (gradient.numpy() < 0))
     assert held.any() and np.all(direction[held] == 0)
     assert float(tf.reduce_sum(gradient * direction)) < 0
+
+
+def test_bounded_memory_lbfgs_gives_the_ordinary_direction():
+    """bfloat16 pairs read slot by slot: the float32 direction up to bfloat16's rounding
+    (8 bits of mantissa, a relative error of about 2^-9 per stored value)."""
+    shape = (1, 24, 32, 3)
+    rng = np.random.default_rng(2)
+    image = tf.constant(rng.uniform(1.0, 254.0, size=shape), tf.float32)
+    gradient = tf.constant(rng.normal(size=shape), tf.float32)
+    hessian = tf.constant(rng.uniform(1.0, 20.0, size=shape), tf.float32)  # diagonal, SPD
+    ordinary, bounded = (LBFGS(shape, LBFGSSettings(history_size=4), bounded_memory=flag)
+                         for flag in (False, True))
+    for _ in range(6):  # fills and wraps the ring buffer
+        step = tf.constant(rng.normal(size=shape), tf.float32)
+        for lbfgs in (ordinary, bounded):
+            lbfgs.remember(step, hessian * step)
+    assert bounded.s.dtype == tf.bfloat16 and int(bounded.stored) == 6
+    exact, rounded = (lbfgs.direction(image, gradient) for lbfgs in (ordinary, bounded))
+    assert float(tf.norm(rounded - exact) / tf.norm(exact)) < BOUNDED_DIRECTION_TOLERANCE
+    assert float(tf.reduce_sum(gradient * rounded)) < 0
 
 
 def test_smoothing_lowers_the_loss_faster(problem, network):

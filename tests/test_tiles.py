@@ -1,6 +1,11 @@
 """Tiled evaluation: whole-image Grams, losses and gradients, tile by tile."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,7 +92,8 @@ def test_a_tiled_run_follows_the_untiled_one(network, case):
 
 def test_auto_tiles_pick_the_largest_tile_that_fits():
     work = memory.Workload(content=(4096, 3072), styles=((2048, 1365),),
-                           deepest_layer="relu5_1", precision="bfloat16", optimizer_images=20)
+                           deepest_layer="relu5_1", precision="bfloat16", optimizer_images=6,
+                           history_images=20)
     whole = memory.estimate_bytes(work)
     cap = 12 * 2**30
     assert whole > cap  # the untiled run would not fit in 12 GB
@@ -109,3 +115,48 @@ def test_tiles_auto_resolves_from_the_memory_estimate(compose_config, monkeypatc
     with pytest.raises(RunFailure, match="not enough memory") as refused:
         preflight.check_memory(untiled, preflight.input_sizes(untiled))
     assert "tiles=auto fits" in refused.value.hint
+
+
+# A tiled L-BFGS run in a fresh process, as run.py makes it (freed memory returned), with
+# the tile memory.largest_tile picks for a cap; prints the tile and the peak RSS.
+CAPPED_RUN = """
+import json, sys
+from style_exp import memory
+memory.return_freed_memory()
+from conftest import gradient_image, stripes_image
+from style_exp.losses import LossWeights
+from style_exp.settings import LBFGSSettings
+from style_exp.stylize import Problem, build_network, stylize
+from style_exp.weights import load_weights
+work = memory.Workload(**json.loads(sys.argv[1]))
+cap = int(sys.argv[2])
+tile = memory.largest_tile(work, cap)
+(width, height), ((style_width, style_height),) = work.content, work.styles
+loss = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0}, {f"relu{i}_1": 0.2 for i in range(1, 6)})
+problem = Problem(gradient_image(height, width), [stripes_image(style_height, style_width)],
+                  [1.0], loss)
+settings = LBFGSSettings(history_size=work.history_images // 2)
+stylize(problem, build_network(load_weights(), loss, "max"), problem.content, settings, 1,
+        tile=tile)
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+            if line.startswith("VmHWM"))
+print(json.dumps({"tile": tile, "peak": peak}))
+"""
+
+
+def test_a_tiled_run_respects_a_memory_cap():
+    """The tile chosen for a cap keeps a real process under it, where the whole image would
+    not fit (float32, the paper's layers, 512x384 px)."""
+    work = memory.Workload(content=(512, 384), styles=((256, 256),), deepest_layer="relu5_1",
+                           precision="float32", optimizer_images=6, history_images=8)
+    cap = 1500 * memory.MB
+    assert memory.estimate_bytes(work) > cap + 200 * memory.MB  # untiled: clearly over
+    tests = Path(__file__).resolve().parent
+    done = subprocess.run(
+        [sys.executable, "-c", CAPPED_RUN, json.dumps(dataclasses.asdict(work)), str(cap)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])},
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json.loads(done.stdout.splitlines()[-1])
+    assert 0 < measured["tile"] < 512
+    assert measured["peak"] <= cap, f"{measured['peak'] / memory.MB:.0f} MB"
