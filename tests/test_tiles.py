@@ -13,6 +13,7 @@ import tensorflow as tf
 from conftest import gradient_image, stripes_image
 
 from style_exp import memory, preflight
+from style_exp.device import FROZEN_WEIGHTS_ENV
 from style_exp.errors import RunFailure
 from style_exp.losses import LossWeights, gram_matrix
 from style_exp.settings import AdamSettings
@@ -144,6 +145,12 @@ print(json.dumps({"tile": tile, "peak": peak}))
 """
 
 
+def fresh_environment() -> dict[str, str]:
+    """This process's environment without the oneDNN setting ``device.configure`` put in
+    it, so a child starts as a user's process would."""
+    return {name: value for name, value in os.environ.items() if name != FROZEN_WEIGHTS_ENV}
+
+
 def test_a_tiled_run_respects_a_memory_cap():
     """The tile chosen for a cap keeps a real process under it, where the whole image would
     not fit (float32, the paper's layers, 512x384 px)."""
@@ -154,7 +161,7 @@ def test_a_tiled_run_respects_a_memory_cap():
     tests = Path(__file__).resolve().parent
     done = subprocess.run(
         [sys.executable, "-c", CAPPED_RUN, json.dumps(dataclasses.asdict(work)), str(cap)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])},
+        env={**fresh_environment(), "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])},
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     measured = json.loads(done.stdout.splitlines()[-1])
