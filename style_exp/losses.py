@@ -17,6 +17,7 @@ this one and c the mask of pixels where that warp can be trusted.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -63,9 +64,12 @@ class LossWeights:
     temporal: float = 0.0
 
 
-@dataclass(frozen=True)
-class Targets:
-    """What the image is pulled towards, computed once before optimisation."""
+class Targets(NamedTuple):
+    """What the image is pulled towards, computed once before optimisation.
+
+    A tuple, so a compiled step can take it as an argument: a video's frames then
+    reuse one trace of the step with their own targets.
+    """
 
     # The content's activations per layer, in the network's dtype (exactly what a
     # float32 copy would hold, at half the bytes under bfloat16).

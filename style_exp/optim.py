@@ -64,6 +64,11 @@ class Adam(tf.Module):
         variable.assign_sub(step_size * self.m / (tf.sqrt(self.v) + s.epsilon))
         return lr
 
+    def reset(self) -> None:
+        """Forget the moments and the step count: the next update is a first one."""
+        for state in (self.m, self.v, self.t):
+            state.assign(tf.zeros_like(state))
+
 
 PIXEL_RANGE = (0.0, 255.0)
 

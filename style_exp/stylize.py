@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import tensorflow as tf
@@ -34,6 +35,7 @@ from style_exp.weights import VGGWeights
 ARMIJO = 1e-4  # the fraction of the predicted decrease a step must achieve
 RISE_LIMIT = 2.0  # a loss ending above this multiple of its start has diverged
 KNOB_PREFIX = "optimizer."  # how the optimiser's settings are named on the command line
+LoopT = TypeVar("LoopT")
 
 
 @dataclass(frozen=True)
@@ -121,14 +123,19 @@ def compute_targets(network: VGG19Features, problem: Problem, tile: int = 0) -> 
 
 @dataclass(frozen=True)
 class Objective:
-    """The loss terms and their gradient at an image, and how to compile a step around it.
+    """The loss terms and their gradient at an image, the problem's targets, and how to
+    compile a step around them.
 
     ``tiled``: the loss is evaluated by tiles, so image-sized state is what grows with
     the image and the optimiser should bound its own (``LBFGS(bounded_memory=...)``).
+    ``key``: what ``evaluate`` depends on besides its arguments; a step compiled around
+    one objective serves any other with the same key.
     """
 
-    evaluate: Callable[[tf.Tensor], tuple[dict[str, tf.Tensor], tf.Tensor]]
+    evaluate: Callable[[tf.Tensor, Targets], tuple[dict[str, tf.Tensor], tf.Tensor]]
+    targets: Targets
     compile: Callable[[Callable], Callable]
+    key: tuple
     tiled: bool = False
 
 
@@ -140,9 +147,35 @@ def objective(problem: Problem, network: VGG19Features, tile: int = 0,
     targets = compute_targets(network, problem, tile)
     if tile:
         tiled = TiledLoss(network, problem.loss, problem.content, tile)
-        return Objective(lambda image: tiled(image, targets), lambda step: step, tiled=True)
-    return Objective(lambda image: loss_and_gradient(network, image, targets, problem.loss),
-                     lambda step: tf.function(step, jit_compile=jit_compile, autograph=False))
+        return Objective(tiled, targets, lambda step: step, key=(tiled,), tiled=True)
+
+    def evaluate(image: tf.Tensor, targets: Targets) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        return loss_and_gradient(network, image, targets, problem.loss)
+
+    return Objective(evaluate, targets,
+                     lambda step: tf.function(step, jit_compile=jit_compile, autograph=False),
+                     key=(network, repr(problem.loss), jit_compile))
+
+
+class Workspace:
+    """The optimiser's variables and compiled step, kept from one ``stylize`` call to the
+    next on an image of the same size and settings (a video's frames).
+
+    Each such call resets the variables and reuses the step's trace (with XLA, its
+    program) instead of tracing it again: about a second per frame on this project's
+    CPU. It holds one loop, so a clip keeps one set of image-sized state alive.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._loop: Any = None
+
+    def loop(self, key: tuple, build: Callable[[], LoopT]) -> LoopT:
+        """The loop built for ``key``, built now if the last one was for another key."""
+        if key != self._key:
+            self._key, self._loop = None, None  # free the old state before building
+            self._key, self._loop = key, build()
+        return self._loop
 
 
 class _Reporter:
@@ -243,6 +276,7 @@ def stylize(
     tile: int = 0,
     require_progress: bool = True,
     stop: StopSettings = DEFAULT_STOP,
+    workspace: Workspace | None = None,
 ) -> Result:
     """Optimise ``init`` towards the problem's content and styles.
 
@@ -255,11 +289,12 @@ def stylize(
     near its optimum (a warm-started video frame or a later scale) may rightly stay
     where it is, so its caller turns that off. ``iterations`` is a cap: the run ends
     earlier once ``stop`` says the loss has stopped falling (``Result.stop_reason``).
+    Calls given one ``workspace`` reuse its compiled step for images of the same size.
     """
     reporter = _Reporter(iterations, log_every, checkpoint_every, callback,
                          optimizer.remedy(KNOB_PREFIX), stop)
     result = optimise(optimizer, objective(problem, network, tile, jit_compile), init,
-                      iterations, reporter)
+                      iterations, reporter, workspace or Workspace())
     if require_progress:
         reporter.check_progress(result, np.clip(init, *PIXEL_RANGE))
     return result
@@ -267,44 +302,61 @@ def stylize(
 
 @functools.singledispatch
 def optimise(settings: OptimizerSettings, objective: Objective, init: np.ndarray,
-             iterations: int, reporter: _Reporter) -> Result:
+             iterations: int, reporter: _Reporter, workspace: Workspace) -> Result:
     """The loop of the optimiser ``settings`` belong to; each loop registers itself below."""
     raise TypeError(f"no optimisation loop is registered for {type(settings).__name__}")
 
 
+class _AdamLoop:
+    """Adam's variables and its compiled step for one image size."""
+
+    def __init__(self, settings: AdamSettings, objective: Objective, shape: tuple[int, ...]):
+        image = self.image = tf.Variable(tf.zeros(shape), name="image")
+        best_image = self.best_image = tf.Variable(image)
+        best_loss = self.best_loss = tf.Variable(math.inf)
+        adam = self.adam = Adam(image, settings)
+
+        # No data-dependent Python control flow inside: AutoGraph has nothing to convert.
+        @objective.compile
+        def step(targets: Targets) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+            terms, gradient = objective.evaluate(image, targets)
+            improved = terms["total"] < best_loss
+            best_loss.assign(tf.where(improved, terms["total"], best_loss))
+            best_image.assign(tf.where(improved, image, best_image))
+            lr = adam.apply(image, gradient)
+            image.assign(tf.clip_by_value(image, *PIXEL_RANGE))
+            return terms, lr
+
+        self.step = step
+
+    def start(self, init: np.ndarray) -> None:
+        """Start afresh from ``init``, as a newly built loop would."""
+        self.image.assign(init[None].astype(np.float32))
+        self.best_image.assign(self.image)
+        self.best_loss.assign(math.inf)
+        self.adam.reset()
+
+
 @optimise.register(AdamSettings)
 def _run_adam(settings: AdamSettings, objective: Objective, init: np.ndarray, iterations: int,
-              reporter: _Reporter) -> Result:
-    image = tf.Variable(init[None].astype(np.float32), name="image")
-    best_image = tf.Variable(image)
-    best_loss = tf.Variable(math.inf)
-    adam = Adam(image, settings)
-
-    # No data-dependent Python control flow inside: AutoGraph has nothing to convert.
-    @objective.compile
-    def step() -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-        terms, gradient = objective.evaluate(image)
-        improved = terms["total"] < best_loss
-        best_loss.assign(tf.where(improved, terms["total"], best_loss))
-        best_image.assign(tf.where(improved, image, best_image))
-        lr = adam.apply(image, gradient)
-        image.assign(tf.clip_by_value(image, *PIXEL_RANGE))
-        return terms, lr
-
+              reporter: _Reporter, workspace: Workspace) -> Result:
+    loop = workspace.loop(("adam", repr(settings), init.shape, *objective.key),
+                          lambda: _AdamLoop(settings, objective, (1, *init.shape)))
+    loop.start(init)
     stop_reason = "iterations"
     try:
         for i in range(1, iterations + 1):
-            terms, lr = step()
+            terms, lr = loop.step(objective.targets)
             if reporter.wants(i):
                 metrics = {f"loss/{name}": float(value) for name, value in terms.items()}
                 metrics["lr"] = float(lr)
-                reporter.report(i, metrics, lambda: image.numpy()[0])
+                reporter.report(i, metrics, lambda: loop.image.numpy()[0])
                 if converged := reporter.converged():
                     stop_reason = converged
                     break
     except KeyboardInterrupt as interrupt:
-        raise Interrupted(reporter.result(best_image.numpy()[0], True)) from interrupt
-    return reporter.result(best_image.numpy()[0], False, stop_reason)
+        raise Interrupted(reporter.result(loop.best_image.numpy()[0], True)) from interrupt
+    return reporter.result(loop.best_image.numpy()[0], False, stop_reason)
 
 
 def loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Targets,
@@ -321,9 +373,59 @@ def loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Targets
     return terms, tape.gradient(scaled, image) / network.gradient_scale
 
 
+class _LBFGSLoop:
+    """L-BFGS's variables and its compiled evaluation of a step, for one image size."""
+
+    def __init__(self, settings: LBFGSSettings, objective: Objective,
+                 shape: tuple[int, ...]):
+        image = self.image = tf.Variable(tf.zeros(shape), name="image")
+        lbfgs = self.lbfgs = LBFGS(shape, settings, bounded_memory=objective.tiled)
+        gradient = self.gradient = tf.Variable(tf.zeros(shape))
+        direction = self.direction = tf.Variable(tf.zeros(shape))
+        loss = self.loss = tf.Variable(math.inf)
+
+        @tf.function(autograph=False)
+        def restart() -> None:
+            lbfgs.forget()
+            direction.assign(lbfgs.direction(image, gradient))
+
+        @objective.compile
+        def try_step(step_size: tf.Tensor, targets: Targets
+                     ) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+            """Evaluate the step of ``step_size`` along the direction; take it if the
+            loss falls enough. Returns the terms, whether it was taken and the largest
+            projected gradient."""
+            candidate = tf.clip_by_value(image + step_size * direction, *PIXEL_RANGE)
+            terms, new_gradient = objective.evaluate(candidate, targets)
+            sufficient = terms["total"] <= loss + ARMIJO * tf.reduce_sum(
+                gradient * (candidate - image))
+
+            def accept() -> tf.Tensor:
+                lbfgs.remember(candidate - image, new_gradient - gradient)
+                image.assign(candidate)
+                gradient.assign(new_gradient)
+                loss.assign(terms["total"])
+                direction.assign(lbfgs.direction(candidate, new_gradient))
+                return tf.constant(True)
+
+            accepted = tf.cond(sufficient, accept, lambda: tf.constant(False))
+            projected = tf.where(free_pixels(image, gradient), gradient, 0.0)
+            return terms, accepted, tf.reduce_max(tf.abs(projected))
+
+        self.restart, self.try_step = restart, try_step
+
+    def start(self, init: np.ndarray) -> None:
+        """Start afresh from ``init`` with an empty memory, as a newly built loop would."""
+        self.image.assign(np.clip(init, *PIXEL_RANGE)[None].astype(np.float32))
+        for zeroed in (self.gradient, self.direction):
+            zeroed.assign(tf.zeros_like(zeroed))
+        self.loss.assign(math.inf)
+        self.lbfgs.forget()
+
+
 @optimise.register(LBFGSSettings)
 def _run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
-               iterations: int, reporter: _Reporter) -> Result:
+               iterations: int, reporter: _Reporter, workspace: Workspace) -> Result:
     """L-BFGS with a backtracking (Armijo) line search, every tensor kept on the device.
 
     Each iteration tries the full step first (almost always accepted) and halves it
@@ -332,37 +434,16 @@ def _run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
     that fails too, the loss cannot fall any further in float32 and the run stops.
     Accepted steps only ever lower the loss, so the current image is the best one.
     """
-    image = tf.Variable(np.clip(init, *PIXEL_RANGE)[None].astype(np.float32), name="image")
-    lbfgs = LBFGS(tuple(image.shape), settings, bounded_memory=objective.tiled)
-    gradient, direction = tf.Variable(tf.zeros_like(image)), tf.Variable(tf.zeros_like(image))
-    loss = tf.Variable(math.inf)
+    loop = workspace.loop(("lbfgs", repr(settings), init.shape, *objective.key),
+                          lambda: _LBFGSLoop(settings, objective, (1, *init.shape)))
+    loop.start(init)
+    image, lbfgs, loss = loop.image, loop.lbfgs, loop.loss
 
-    @tf.function(autograph=False)
-    def restart() -> None:
-        lbfgs.forget()
-        direction.assign(lbfgs.direction(image, gradient))
-
-    @objective.compile
-    def try_step(step_size: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
-        candidate = tf.clip_by_value(image + step_size * direction, *PIXEL_RANGE)
-        terms, new_gradient = objective.evaluate(candidate)
-        sufficient = terms["total"] <= loss + ARMIJO * tf.reduce_sum(
-            gradient * (candidate - image))
-
-        def accept() -> tf.Tensor:
-            lbfgs.remember(candidate - image, new_gradient - gradient)
-            image.assign(candidate)
-            gradient.assign(new_gradient)
-            loss.assign(terms["total"])
-            direction.assign(lbfgs.direction(candidate, new_gradient))
-            return tf.constant(True)
-
-        accepted = tf.cond(sufficient, accept, lambda: tf.constant(False))
-        projected = tf.where(free_pixels(image, gradient), gradient, 0.0)
-        return terms, accepted, tf.reduce_max(tf.abs(projected))
+    def try_step(step_size: float) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+        return loop.try_step(tf.constant(step_size), objective.targets)
 
     # From a loss of +inf a step of size 0 is accepted: this evaluates the start.
-    try_step(tf.constant(0.0))
+    try_step(0.0)
     evaluations, last_loss, last = 1, float(loss), None
 
     def line_search() -> tuple[dict[str, float], float] | None:
@@ -370,7 +451,7 @@ def _run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
         nonlocal evaluations
         step_size = 1.0
         for _ in range(settings.max_line_search):
-            terms, accepted, largest_gradient = try_step(tf.constant(step_size))
+            terms, accepted, largest_gradient = try_step(step_size)
             evaluations += 1
             if bool(accepted):
                 metrics = {f"loss/{name}": float(value) for name, value in terms.items()}
@@ -384,7 +465,7 @@ def _run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
         for i in range(1, iterations + 1):
             outcome = line_search()
             if outcome is None and int(lbfgs.stored) > 0:
-                restart()
+                loop.restart()
                 outcome = line_search()
             if outcome is None:
                 stop_reason = "convergence: no step lowers the loss (float32 precision reached)"

@@ -34,7 +34,7 @@ from style_exp.settings import (
     StopSettings,
     VideoSettings,
 )
-from style_exp.stylize import Problem, stylize
+from style_exp.stylize import Problem, Workspace, stylize
 from style_exp.vgg import VGG19Features
 
 # Steps between reads of a frame's loss (each a host round trip): what the stopping rule sees.
@@ -181,6 +181,7 @@ def stylize_video(
     """
     done: list[Frame] = []
     previous_input: np.ndarray | None = None
+    workspace = Workspace()  # the frames after the first share one compiled step
     for index, current in enumerate(frames):
         started = time.perf_counter()
         frame = store.load(index)
@@ -193,7 +194,7 @@ def stylize_video(
                 settings.first_frame_iterations or iterations)
             frame = _stylize_frame(index, current, motion, done[-1] if done else None,
                                    problem_for, finish, start_image, network, optimizer,
-                                   settings, budget, jit_compile, stop)
+                                   settings, budget, jit_compile, stop, workspace)
             if motion is not None:
                 frame.metrics["video/temporal_error"] = temporal_error(
                     frame.image, motion.carry(done[-1].image), motion.mask)
@@ -231,7 +232,7 @@ def _stylize_frame(index: int, current: np.ndarray, motion: Motion | None,
                    start_image: Callable[[int, np.ndarray], np.ndarray],
                    network: VGG19Features, optimizer: OptimizerSettings,
                    settings: VideoSettings, iterations: int, jit_compile: bool,
-                   stop: StopSettings) -> Frame:
+                   stop: StopSettings, workspace: Workspace) -> Frame:
     problem = problem_for(current)
     warm = previous is not None and motion is not None and settings.init != "independent"
     if not warm:
@@ -248,5 +249,6 @@ def _stylize_frame(index: int, current: np.ndarray, motion: Motion | None,
     # its optimum, where the still-image stopping rule was not measured.
     result = stylize(problem, network, init, optimizer, iterations,
                      log_every=STOP_CHECK_EVERY, jit_compile=jit_compile,
-                     require_progress=not warm, stop=NEVER_STOP if warm else stop)
+                     require_progress=not warm, stop=NEVER_STOP if warm else stop,
+                     workspace=workspace)
     return Frame(index, finish(result.image, current), result.image, dict(result.metrics))

@@ -8,7 +8,14 @@ from style_exp.images import MIN_SIDE, load_image
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings
 from style_exp.settings import NEVER_STOP, LBFGSSettings, StopSettings
-from style_exp.stylize import Interrupted, NoProgress, Problem, build_network, stylize
+from style_exp.stylize import (
+    Interrupted,
+    NoProgress,
+    Problem,
+    Workspace,
+    build_network,
+    stylize,
+)
 from style_exp.weights import IMAGENET_MEAN_RGB
 
 LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
@@ -142,3 +149,26 @@ def test_a_converged_run_stops_before_its_cap_and_says_why(problem, network, opt
     capped = stylize(problem, network, _noise(problem.content.shape), optimizer, 12,
                      log_every=1, stop=NEVER_STOP)
     assert capped.steps == 12 and capped.stop_reason == "iterations"
+
+
+@pytest.mark.parametrize(("optimizer", "compiled"), [(AdamSettings(), "step"),
+                                                     (LBFGSSettings(), "try_step")],
+                         ids=["adam", "lbfgs"])
+def test_frames_sharing_a_workspace_trace_once_and_end_as_if_alone(problem, network,
+                                                                   optimizer, compiled):
+    """A video's frames share one Workspace: a later frame must reuse the first frame's
+    compiled step, yet start clean (no moments, memory or best loss of the frame before)."""
+    frame = Problem(np.roll(problem.content, 5, axis=1), problem.styles, [1.0], LOSS)
+    start = _noise(frame.content.shape, seed=2)
+    workspace = Workspace()
+    stylize(problem, network, _noise(problem.content.shape, seed=1), optimizer, 6,
+            workspace=workspace)
+    loop = workspace._loop
+    shared = stylize(frame, network, start, optimizer, 6, workspace=workspace)
+    alone = stylize(frame, network, start, optimizer, 6)
+    np.testing.assert_allclose(shared.image, alone.image, atol=1e-3)
+    assert shared.metrics == pytest.approx(alone.metrics, rel=1e-6)
+    assert workspace._loop is loop and getattr(loop, compiled).experimental_get_tracing_count() == 1
+    wider = Problem(gradient_image(48, 80), problem.styles, [1.0], LOSS)
+    stylize(wider, network, _noise(wider.content.shape), optimizer, 2, workspace=workspace)
+    assert workspace._loop is not loop  # another size: built afresh, the old state let go
