@@ -230,7 +230,8 @@ def return_freed_memory() -> None:
 
     oneDNN's filter cache (``device.cache_frozen_weights``) is turned off: it keeps a
     reordered copy of every filter for each input shape a convolution sees, and tiles
-    come in several shapes at every scale (measured: +430 MB at 512x384 px in tiles).
+    come in several shapes at every scale (one step at 512x384 px in tiles of 144 px:
+    1936 MB peak with it, 995 MB without).
     """
     os.environ.setdefault(FROZEN_WEIGHTS_ENV, "0")
     os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
