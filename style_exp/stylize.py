@@ -170,11 +170,15 @@ class Workspace:
         self._key: tuple | None = None
         self._loop: Any = None
 
-    def loop(self, key: tuple, build: Callable[[], LoopT]) -> LoopT:
-        """The loop built for ``key``, built now if the last one was for another key."""
+    def loop(self, kind: Callable[[Any, Objective, tuple[int, ...]], LoopT],
+             settings: OptimizerSettings, objective: Objective, init: np.ndarray) -> LoopT:
+        """A loop of ``kind`` for ``init``'s size, started at ``init``: the last one if it
+        was built for the same settings and objective, else a new one."""
+        key = (kind, repr(settings), init.shape, *objective.key)
         if key != self._key:
             self._key, self._loop = None, None  # free the old state before building
-            self._key, self._loop = key, build()
+            self._key, self._loop = key, kind(settings, objective, (1, *init.shape))
+        self._loop.start(init)
         return self._loop
 
 
@@ -340,9 +344,7 @@ class _AdamLoop:
 @optimise.register(AdamSettings)
 def _run_adam(settings: AdamSettings, objective: Objective, init: np.ndarray, iterations: int,
               reporter: _Reporter, workspace: Workspace) -> Result:
-    loop = workspace.loop(("adam", repr(settings), init.shape, *objective.key),
-                          lambda: _AdamLoop(settings, objective, (1, *init.shape)))
-    loop.start(init)
+    loop = workspace.loop(_AdamLoop, settings, objective, init)
     stop_reason = "iterations"
     try:
         for i in range(1, iterations + 1):
@@ -434,9 +436,7 @@ def _run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
     that fails too, the loss cannot fall any further in float32 and the run stops.
     Accepted steps only ever lower the loss, so the current image is the best one.
     """
-    loop = workspace.loop(("lbfgs", repr(settings), init.shape, *objective.key),
-                          lambda: _LBFGSLoop(settings, objective, (1, *init.shape)))
-    loop.start(init)
+    loop = workspace.loop(_LBFGSLoop, settings, objective, init)
     image, lbfgs, loss = loop.image, loop.lbfgs, loop.loss
 
     def try_step(step_size: float) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
