@@ -11,7 +11,7 @@
    of the steps after the first; time per megapixel shows the overhead of tiling.
    Untiled sizes that would not fit (``--max-untiled``) are skipped. ``--repeats``
    runs the whole list again, interleaved, so a change in the machine's load shows.
-   Tiled processes return freed memory as ``run.py`` makes them (``return_freed_memory``).
+   Tiled processes are set up as ``run.py`` sets them up (``configure_for_tiles``).
 3. Final images (``--final``): a whole run at that size untiled and one tiled, from the
    photo, in one process: their losses, pixel differences and a side-by-side PNG
    (untiled, tiled, their difference x 8).
@@ -161,9 +161,9 @@ def main() -> None:
     if args.worker:
         job = json.loads(args.worker)
         if job["tile"]:
-            from style_exp.memory import return_freed_memory
+            from style_exp.memory import configure_for_tiles
 
-            return_freed_memory()  # as run.py does for tiled runs, before TensorFlow loads
+            configure_for_tiles()  # as run.py does for tiled runs, before TensorFlow loads
         print(json.dumps(probe(**job)), flush=True)
         return
 

@@ -152,7 +152,7 @@ def _checked_run(cfg: DictConfig) -> None:
     checked = with_demo_defaults(cfg, overridden_keys(overrides))
     preflight.check(checked)
     if 0 < preflight.tile_side(checked) < checked.size:
-        memory.return_freed_memory()  # only takes full effect before TensorFlow loads
+        memory.configure_for_tiles()  # only takes full effect before TensorFlow loads
     with _quiet_native_output():
         import tensorflow  # noqa: F401  (loaded here so its start-up lines can be hidden)
     from style_exp.app import run_hydra_job

@@ -213,8 +213,9 @@ def _own_rss() -> int:
         return 0
 
 
-def return_freed_memory() -> None:
-    """Have freed tensors go back to the kernel: for tiled runs, before TensorFlow loads.
+def configure_for_tiles() -> None:
+    """Set the process up for a tiled run, before TensorFlow loads: freed tensors go back
+    to the kernel, and no filter copy is kept per tile shape.
 
     A tiled step allocates and frees image-sized tensors and tile activations of many
     sizes over and over. TensorFlow's oneDNN CPU allocator keeps large blocks in a pool

@@ -118,12 +118,12 @@ def test_tiles_auto_resolves_from_the_memory_estimate(compose_config, monkeypatc
     assert "tiles=auto fits" in refused.value.hint
 
 
-# A tiled L-BFGS run in a fresh process, as run.py makes it (freed memory returned), with
+# A tiled L-BFGS run in a fresh process, set up as run.py sets up tiled runs, with
 # the tile memory.largest_tile picks for a cap; prints the tile and the peak RSS.
 CAPPED_RUN = """
 import json, sys
 from style_exp import memory
-memory.return_freed_memory()
+memory.configure_for_tiles()
 from conftest import gradient_image, stripes_image
 from style_exp.losses import LossWeights
 from style_exp.settings import LBFGSSettings
