@@ -1,5 +1,7 @@
 """Precision, XLA, tracing and the work counter behind the speed benchmark."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,7 +10,7 @@ from conftest import gradient_image, stripes_image
 from style_exp.config import ConfigError, validate
 from style_exp.losses import LossWeights, loss_terms
 from style_exp.optim import AdamSettings
-from style_exp.stylize import Problem, build_network, compute_targets, stylize
+from style_exp.stylize import Problem, Result, build_network, compute_targets, stylize
 from style_exp.vgg import VGG19Features
 from style_exp.weights import IMAGENET_MEAN_RGB
 
@@ -44,11 +46,35 @@ def test_low_precision_runs_convolutions_low_and_keeps_the_loss(weights, problem
     assert result.metrics["loss/total"] < 0.5 * result.history[0][1]["loss/total"]
 
 
-def test_xla_step_runs_and_matches(weights, problem):
+def _run_recording_steps(monkeypatch: pytest.MonkeyPatch, *args: Any,
+                         **kwargs: Any) -> tuple[Result, list[Any]]:
+    """``stylize(*args, **kwargs)`` and the ``tf.function``s it made on the way: its step."""
+    made, real_function = [], tf.function
+
+    def recording(*f_args: Any, **f_kwargs: Any) -> Any:
+        made.append(real_function(*f_args, **f_kwargs))
+        return made[-1]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tf, "function", recording)
+        result = stylize(*args, **kwargs)
+    return result, made
+
+
+def test_xla_step_is_compiled_by_xla_and_matches_the_plain_step(weights, problem, monkeypatch):
+    """Matching losses alone would pass if ``jit_compile`` were dropped on the way: only a
+    function marked for XLA yields XLA's program (HLO), and the plain one must not."""
     network = build_network(weights, LOSS, "max")
     init = _noise(problem.content.shape)
-    compiled = stylize(problem, network, init, AdamSettings(), 5, log_every=5, jit_compile=True)
-    plain = stylize(problem, network, init, AdamSettings(), 5, log_every=5)
+    targets = compute_targets(network, problem)
+    compiled, compiled_steps = _run_recording_steps(
+        monkeypatch, problem, network, init, AdamSettings(), 5, log_every=5, jit_compile=True)
+    plain, plain_steps = _run_recording_steps(
+        monkeypatch, problem, network, init, AdamSettings(), 5, log_every=5)
+    assert len(compiled_steps) == len(plain_steps) == 1  # Adam's loop compiles one step
+    assert "HloModule" in compiled_steps[0].experimental_get_compiler_ir(targets)(stage="hlo")
+    with pytest.raises(ValueError, match="jit_compile"):
+        plain_steps[0].experimental_get_compiler_ir(targets)
     assert compiled.metrics["loss/total"] == pytest.approx(plain.metrics["loss/total"], rel=1e-3)
 
 

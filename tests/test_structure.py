@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 from conftest import PROJECT
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from style_exp.config import settings_from, validate
 from style_exp.init import InitSettings
@@ -39,10 +43,28 @@ def test_every_config_option_composes_and_validates(compose_config, group, optio
     validate(compose_config([f"{group}={option}", *extra]))
 
 
+def _sweep_jobs(experiment: str) -> list[list[str]]:
+    """Each job's overrides for ``run.py -m experiment=EXPERIMENT``, expanded from the preset's
+    ``hydra.sweeper.params`` the way Hydra's basic sweeper does (one job if it sweeps nothing)."""
+    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+        hydra_cfg = compose(config_name="config", overrides=[f"experiment={experiment}"],
+                            return_hydra_config=True).hydra
+    params = hydra_cfg.sweeper.get("params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    overrides = OverridesParser.create().parse_overrides(
+        [*arguments, f"experiment={experiment}"])
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
 @pytest.mark.parametrize("experiment", sorted(
     path.stem for path in (PROJECT / "conf" / "experiment").glob("*.yaml")))
-def test_every_experiment_preset_composes(compose_config, experiment):
-    validate(compose_config([f"experiment={experiment}"]))
+def test_every_job_of_every_experiment_preset_composes_and_validates(compose_config, experiment):
+    """``compose()`` ignores ``hydra.sweeper.params``: each swept value is checked as its job."""
+    configs = [compose_config(job) for job in _sweep_jobs(experiment)]
+    for config in configs:
+        validate(config)
+    # Every job is a different config: the swept values reached what was validated.
+    assert len({OmegaConf.to_yaml(config) for config in configs}) == len(configs)
 
 
 def _modules_loaded_by(code: str) -> set[str]:

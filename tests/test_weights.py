@@ -151,7 +151,7 @@ def _keras_style(weights):
 
 
 def test_keras_h5_layout_is_read(weights, tmp_path):
-    h5py = pytest.importorskip("h5py")
+    import h5py  # pinned in requirements.txt: a broken install fails here, it must not skip
     path = tmp_path / "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
     kernels = _keras_style(weights)
     with h5py.File(path, "w") as h5:
