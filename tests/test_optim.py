@@ -1,21 +1,26 @@
 """Optimisers, schedules, initialisation, colour preservation and coarse-to-fine."""
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import gradient_image, stripes_image
+from conftest import gradient_image, stripes_image, write_image
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from style_exp import app, color
 from style_exp.config import ConfigError, layer_weights, scale_plan, settings_from, validate
 from style_exp.init import InitSettings, initial_image
+from style_exp.job import prepare
 from style_exp.losses import LossWeights
 from style_exp.optim import LBFGS, AdamSettings, LBFGSSettings, learning_rate
 from style_exp.stylize import (
     Interrupted,
     Problem,
     build_network,
+    compute_targets,
+    loss_and_gradient,
     rescaled,
     stylize,
     stylize_scales,
@@ -142,14 +147,29 @@ def test_smoothing_lowers_the_loss_faster(problem, network):
 
 
 def test_lbfgs_interrupt_keeps_best_image(problem, network):
+    """L-BFGS reports the loss of the image each step leaves: an interrupted run keeps the
+    image delivered at the lowest logged loss, and that image, evaluated afresh, has that
+    loss, below the start's."""
+    start = _noise(problem.content.shape)
+    seen = {}  # step: (loss, image)
+
     def interrupt(progress):
+        seen[progress.step] = (progress.metrics["loss/total"], progress.image)
         if progress.step >= 3:
             raise KeyboardInterrupt
 
     with pytest.raises(Interrupted) as caught:
-        stylize(problem, network, _noise(problem.content.shape), LBFGSSettings(), 50,
-                log_every=1, callback=interrupt)
-    assert caught.value.result.interrupted and caught.value.result.steps == 3
+        stylize(problem, network, start, LBFGSSettings(), 50, log_every=1, checkpoint_every=1,
+                callback=interrupt)
+    result = caught.value.result
+    assert result.interrupted and result.steps == 3
+    best_loss, best_image = min(seen.values(), key=lambda seen_at: seen_at[0])
+    np.testing.assert_array_equal(result.image, best_image)
+    targets = compute_targets(network, problem)
+    kept, at_start = (float(loss_and_gradient(network, tf.constant(image[None]), targets,
+                                              problem.loss)[0]["total"])
+                      for image in (result.image, start))
+    assert kept == pytest.approx(best_loss, rel=1e-4) and kept < at_start
 
 
 def test_schedules_follow_their_formulas():
@@ -164,6 +184,38 @@ def test_schedules_follow_their_formulas():
     cosine = AdamSettings(lr=10, schedule="cosine", decay_rate=0.1, decay_steps=100)
     assert (lr(cosine, 0), lr(cosine, 50), lr(cosine, 100), lr(cosine, 500)) == \
         pytest.approx((10, 5.5, 1, 1))
+
+
+HAND_SCHEDULES = {  # the schedules of AdamSettings' docstring, t the step (1-based)
+    "exponential": lambda lr, rate, t, steps: lr * rate ** (t / steps),
+    "step": lambda lr, rate, t, steps: lr * rate ** (t // steps),
+    "cosine": lambda lr, rate, t, steps: lr * (
+        rate + (1 - rate) * 0.5 * (1 + math.cos(math.pi * min(t / steps, 1.0)))),
+}
+
+
+@pytest.mark.parametrize("schedule", sorted(HAND_SCHEDULES))
+def test_the_compiled_step_follows_the_schedule(problem, network, schedule):
+    """The run, not just ``learning_rate``, must follow the schedule: the logged ``lr`` is
+    the formula's at every step; Adam's first update moves each pixel by exactly lr(1)
+    (its m / sqrt(v) is the gradient's sign); and once the rate has fallen to 1e-8
+    (decay_rate 1e-9 after decay_steps) the image stops changing."""
+    settings = AdamSettings(schedule=schedule, decay_rate=1e-9, decay_steps=4)
+    start = _noise(problem.content.shape)
+    images, rates = {0: start}, {}
+
+    def record(progress):
+        images[progress.step], rates[progress.step] = progress.image, progress.metrics["lr"]
+
+    stylize(problem, network, start, settings, 8, log_every=1, checkpoint_every=1,
+            callback=record, require_progress=False)
+    expected = {t: HAND_SCHEDULES[schedule](settings.lr, settings.decay_rate, t,
+                                            settings.decay_steps) for t in range(1, 9)}
+    assert rates == pytest.approx(expected, rel=1e-5)
+    first_move = np.abs(images[1] - start)
+    assert (np.median(first_move), first_move.max()) == pytest.approx(
+        (expected[1], expected[1]), rel=1e-3)
+    assert np.abs(images[8] - images[settings.decay_steps - 1]).max() < 1e-3
 
 
 def test_multiscale_produces_final_size_and_numbers_steps_across_scales(problem, network):
@@ -241,21 +293,61 @@ def test_scale_plan(compose_config):
     assert scale_plan(cfg) == ([64, 128, 256], [30, 20, 10])
 
 
-@pytest.mark.parametrize("kind", ["noise", "content", "style", "image"])
-def test_init_kinds(compose_config, tmp_path, kind):
-    start = tmp_path / "start.png"
-    Image.fromarray(np.full((10, 20, 3), 200, np.uint8)).save(start)
+def _quadrants(height: int, width: int) -> np.ndarray:
+    """Four flat colours, one per quadrant: stretched to any shape, each keeps its corner."""
+    image = np.empty((height, width, 3), np.float32)
+    top, left = height // 2, width // 2
+    image[:top, :left], image[:top, left:] = (250, 10, 10), (10, 250, 10)
+    image[top:, :left], image[top:, left:] = (10, 10, 250), (250, 250, 10)
+    return image
+
+
+@pytest.mark.parametrize("kind", ["content", "style", "image"])
+def test_init_kinds_start_from_their_picture_at_the_content_shape(compose_config, tmp_path,
+                                                                  kind):
+    """The photo itself; the first style (a square of quadrants) or a file (a wide one)
+    stretched to the content's 24x32, each quadrant in its corner. Pixels next to the
+    seams are left out: the resampling filter blends across them."""
+    start = write_image(tmp_path / "start.png", _quadrants(40, 80))
     cfg = compose_config([f"init={kind}", *([f"init.path={start}"] if kind == "image" else [])])
-    content, styles = gradient_image(24, 32), [stripes_image(30, 30)]
+    content, styles = gradient_image(24, 32), [_quadrants(40, 40), stripes_image(24, 32)]
     image = initial_image(settings_from(cfg.init, InitSettings), content, styles,
                           np.random.default_rng(0))
     assert image.shape == content.shape
-    expected = {"noise": None, "content": content, "style": None,
-                "image": np.full_like(content, 200)}
-    if expected[kind] is not None:
-        np.testing.assert_allclose(image, expected[kind], atol=1.0)
-    if kind == "noise":
-        assert abs(float(image.mean()) - float(IMAGENET_MEAN_RGB.mean())) < 1.0
+    expected = content if kind == "content" else _quadrants(24, 32)
+    away = np.ones(content.shape[:2], bool)
+    away[12 - 3:12 + 3], away[:, 16 - 3:16 + 3] = False, False
+    np.testing.assert_allclose(image[away], expected[away], atol=1.0)
+
+
+def test_noise_start_is_the_mean_pixel_plus_seeded_gaussian_noise(compose_config):
+    """README: mean pixel + N(0, init.noise_scale), differing by seed and only by seed."""
+    settings = settings_from(compose_config(["init=noise"]).init, InitSettings)
+    content = gradient_image(48, 64)
+
+    def start(seed: int) -> np.ndarray:
+        return initial_image(settings, content, [], np.random.default_rng(seed))
+
+    image = start(0)
+    assert image.shape == content.shape
+    pixels = image.reshape(-1, 3)  # 3072 per channel: mean to +-0.005, std to 1.3% (1 sigma)
+    np.testing.assert_allclose(pixels.mean(axis=0), IMAGENET_MEAN_RGB, atol=0.03)
+    np.testing.assert_allclose(pixels.std(axis=0), settings.noise_scale, rtol=0.1)
+    np.testing.assert_array_equal(start(0), image)
+    assert not np.allclose(start(1), image)
+
+
+@pytest.mark.parametrize("init", [["init=noise"], ["init=content", "init.noise_ratio=0.5"]],
+                         ids=["noise", "noise_ratio"])
+def test_the_config_seed_sets_the_runs_start_image(compose_config, init):
+    """README: ``seed`` seeds the initial noise (``init=noise``, ``init.noise_ratio``).
+    Through ``job.prepare``, where every run gets its start image."""
+    def start(seed: int) -> np.ndarray:
+        return prepare(compose_config([*init, f"seed={seed}", "size=32"])).init
+
+    first = start(1)
+    np.testing.assert_array_equal(start(1), first)
+    assert not np.allclose(start(2), first)
 
 
 def test_init_noise_ratio_blends(compose_config):

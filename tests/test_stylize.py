@@ -1,5 +1,7 @@
 """The loop used as a library: no Hydra, no MLflow."""
 
+import re
+
 import numpy as np
 import pytest
 from conftest import gradient_image, stripes_image, write_image
@@ -9,6 +11,7 @@ from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings
 from style_exp.settings import NEVER_STOP, LBFGSSettings, StopSettings
 from style_exp.stylize import (
+    RISE_LIMIT,
     Interrupted,
     NoProgress,
     Problem,
@@ -25,6 +28,13 @@ LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
 @pytest.fixture(scope="module")
 def problem():
     return Problem(gradient_image(48, 64), [stripes_image(64, 64)], [1.0], LOSS)
+
+
+@pytest.fixture(scope="module")
+def smooth():
+    """A smooth 'painting': pixels thrown to 0 or 255 are far from it, so its loss shows
+    an optimiser gone wild."""
+    return Problem(gradient_image(48, 64), [gradient_image(64, 64, seed=1)], [1.0], LOSS)
 
 
 @pytest.fixture(scope="module")
@@ -66,29 +76,58 @@ def test_same_seed_same_image(problem, network):
 
 
 def test_interrupt_keeps_best_image(problem, network):
+    """Adam's loss at step k is that of the image after k - 1 updates (the one delivered
+    at step k - 1, the start for k = 1): that image, at the lowest loss, is what an
+    interrupted run keeps, not the image after the last update."""
+    start = _noise(problem.content.shape)
+    seen = {0: (np.inf, start)}  # step: (loss evaluated at the step, image after its update)
+
     def interrupt(event):
+        seen[event.step] = (event.metrics["loss/total"], event.image)
         if event.step >= 10:
             raise KeyboardInterrupt
 
     with pytest.raises(Interrupted) as caught:
-        stylize(problem, network, _noise(problem.content.shape), AdamSettings(), 100,
-                log_every=5, callback=interrupt)
+        stylize(problem, network, start, AdamSettings(), 100, log_every=1, checkpoint_every=1,
+                callback=interrupt)
     result = caught.value.result
     assert result.interrupted and result.steps == 10
-    assert result.image.shape == problem.content.shape
-    assert not np.allclose(result.image, _noise(problem.content.shape))
+    best = min(range(1, 11), key=lambda step: seen[step][0])
+    assert seen[best][0] < seen[1][0]  # the loss fell: the best image is not the start
+    np.testing.assert_array_equal(result.image, seen[best - 1][1])
+    assert not np.array_equal(result.image, seen[10][1])
 
 
-def test_diverging_loss_fails_clearly(problem, network):
-    with pytest.raises(NoProgress, match="optimizer.lr"):
+def test_a_loss_that_becomes_nan_fails_at_once_saying_so(problem, network):
+    """lr=nan makes the image, so the loss of step 2, NaN: the run must stop there and name
+    the NaN, not run on and blame a loss that merely never fell."""
+    with pytest.raises(NoProgress) as failure:
         stylize(problem, network, _noise(problem.content.shape), AdamSettings(lr=float("nan")), 3,
                 log_every=1)
+    assert re.fullmatch(r"the loss became nan at step 2, from \S+ at step 1", failure.value.what)
+    assert failure.value.where == "optimizer.lr=nan"
 
 
-def test_a_learning_rate_that_only_adds_noise_fails_naming_it(network):
+def test_a_loss_that_falls_then_ends_above_twice_its_start_fails(smooth, network):
+    """A learning rate growing 10x every 2.5 steps (an exponential schedule with
+    decay_rate > 1) first lowers the loss (7.4e8 to 5.5e8 by step 4), then throws the
+    pixels about (2.7e10 at step 10). The best image is no longer the start, so only the
+    rule on the final loss can tell this run diverged."""
+    events = []
+    rising = AdamSettings(lr=1.0, schedule="exponential", decay_rate=1e4, decay_steps=10)
+    with pytest.raises(NoProgress) as failure:
+        stylize(smooth, network, _noise(smooth.content.shape), rising, 10, log_every=1,
+                callback=events.append)
+    losses = [event.metrics["loss/total"] for event in events]
+    assert min(losses) < losses[0] and losses[-1] > RISE_LIMIT * losses[0]
+    assert failure.value.what == (f"the loss rose from {losses[0]:.3g} at step 1 to "
+                                  f"{losses[-1]:.3g} at step 10")
+    assert failure.value.where == "optimizer.lr=1"
+
+
+def test_a_learning_rate_that_only_adds_noise_fails_naming_it(smooth, network):
     """lr=1e30 throws every pixel to 0 or 255, far from a smooth painting: the loss rises
     from the start (7.4e8 to 1e10 and more) and the best image would be the start noise."""
-    smooth = Problem(gradient_image(48, 64), [gradient_image(64, 64, seed=1)], [1.0], LOSS)
     with pytest.raises(NoProgress) as failure:
         stylize(smooth, network, _noise(smooth.content.shape), AdamSettings(lr=1e30), 20,
                 log_every=5)
