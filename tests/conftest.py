@@ -21,6 +21,8 @@ SHARED_IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", PROJECT.parent / "shared
 
 register_schemas()
 
+pytest_plugins = ["no_skips"]  # .ci/run: a skipped test fails
+
 
 @pytest.fixture(scope="session")
 def weights() -> VGGWeights:
