@@ -16,6 +16,8 @@ import mlflow
 import numpy as np
 from filelock import FileLock
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from style_exp.config import NO_EFFECT_KEYS
@@ -49,7 +51,9 @@ def experiment_id(tracking_uri: str, name: str) -> str:
     already exists", "duplicate column name"), nor is creating the same experiment
     twice. A file lock beside the database makes the first process open the store
     (which creates and migrates it) and the experiment while the others wait; call
-    this before anything else touches the store.
+    this before anything else touches the store. A server's store cannot be locked from
+    here: there the loser of the race (the server answers RESOURCE_ALREADY_EXISTS) takes
+    the experiment the winner made.
     """
     database = _sqlite_path(tracking_uri)
     guard = FileLock(f"{database}.lock") if database else contextlib.nullcontext()
@@ -60,8 +64,13 @@ def experiment_id(tracking_uri: str, name: str) -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             location = (database.parent / "artifacts").resolve().as_uri() if database else None
-            return client.create_experiment(name, artifact_location=location,
-                                            tags=EXPERIMENT_KIND)
+            try:
+                return client.create_experiment(name, artifact_location=location,
+                                                tags=EXPERIMENT_KIND)
+            except MlflowException as error:
+                if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+            experiment = client.get_experiment_by_name(name)
         for key, value in EXPERIMENT_KIND.items():
             if experiment.tags.get(key) != value:
                 client.set_experiment_tag(experiment.experiment_id, key, value)
