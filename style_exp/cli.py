@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -80,10 +81,15 @@ def _exit(exit_code: int, message: object) -> NoReturn:
 
     After the run, Python would destroy TensorFlow's thousands of modules and objects one
     by one, which took longer than a small run's whole optimisation (README, "Start-up").
-    The exit handlers (MLflow's, logging's) still run, and the output streams are flushed.
+    What the interpreter does before its teardown still happens, in its order: the
+    threading module's exit hooks (where joblib's loky executor shuts its workers down;
+    without it multiprocessing's exit handler waits out their 300 s idle timeout) and the
+    join of non-daemon threads, then the exit handlers (MLflow's, logging's); the output
+    streams are flushed.
     """
     if message is not None and not isinstance(message, int):
         print(message, file=sys.stderr)  # what sys.exit("...") would have printed
+    threading._shutdown()
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
