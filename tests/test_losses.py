@@ -11,6 +11,7 @@ from style_exp.losses import (
     gram_matrix,
     loss_terms,
     style_loss,
+    temporal_loss,
     total_variation_loss,
 )
 
@@ -79,3 +80,55 @@ def test_loss_terms_weight_layers_and_blend_styles():
     assert float(terms["style"]) == pytest.approx(exp_style, rel=1e-5)
     assert float(terms["tv"]) == pytest.approx(exp_tv, rel=1e-5)
     assert float(terms["total"]) == pytest.approx(exp_content + exp_style + exp_tv, rel=1e-5)
+
+
+def _temporal_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 2x2 RGB frame, the warped previous frame and a mask trusting the left column."""
+    warped = RNG.uniform(0, 255, size=(1, 2, 2, 3))
+    difference = np.array([[[1, 2, 3], [4, 4, 4]],
+                           [[0, 0, 2], [5, 5, 5]]], np.float64)[None]
+    mask = np.array([[1, 0], [1, 0]], np.float64)[None, ..., None]  # (1, H, W, 1)
+    return warped + difference, warped, mask
+
+
+def _temporal(image: np.ndarray, warped: np.ndarray, mask: np.ndarray) -> float:
+    return float(temporal_loss(*(tf.constant(a, tf.float32) for a in (image, warped, mask))))
+
+
+def test_temporal_loss_hand_computed():
+    """mean(c * (x - w)^2) over all H*W*C entries: trusted squares (1+4+9) and (0+0+4),
+    untrusted ones (48 and 75) left out, divided by 2*2*3 = 12, not by the trusted count."""
+    image, warped, mask = _temporal_case()
+    expected = (1 + 4 + 9 + 0 + 0 + 4) / 12
+    assert np.mean(mask * (image - warped) ** 2) == pytest.approx(expected)
+    assert _temporal(image, warped, mask) == pytest.approx(expected, rel=1e-4)
+    assert expected == pytest.approx(1.5)
+
+
+def test_temporal_loss_sees_only_trusted_pixels():
+    """Pixels the flow cannot vouch for (mask 0) may be anything; trusted ones are pulled."""
+    image, warped, mask = _temporal_case()
+    before = _temporal(image, warped, mask)
+    untrusted = image.copy()
+    untrusted[0, 0, 1] += 100.0  # mask 0 here
+    assert _temporal(untrusted, warped, mask) == pytest.approx(before, rel=1e-6)
+    trusted = image.copy()
+    trusted[0, 1, 0] += 1.0  # mask 1 here: (1 + 1 + 9) - (0 + 0 + 4) = 7 more
+    assert _temporal(trusted, warped, mask) == pytest.approx(before + 7 / 12, rel=1e-4)
+
+
+def test_loss_terms_weight_the_temporal_term_into_the_total():
+    """Video frames add ``w_t * temporal`` to the total; still images have no such term."""
+    image, warped, mask = _temporal_case()
+    feats = {"a": tf.constant(RNG.normal(size=(1, 2, 2, 3)), tf.float32)}
+    weights = LossWeights(content=1.0, style=1.0, tv=1.0, content_layers={"a": 1.0},
+                          style_layers={"a": 1.0}, temporal=7.0)
+    still = Targets({"a": feats["a"]}, [(1.0, {"a": gram_matrix(feats["a"])})])
+    frame = still._replace(temporal=(tf.constant(warped, tf.float32),
+                                     tf.constant(mask, tf.float32)))
+    x = tf.constant(image, tf.float32)
+    assert "temporal" not in loss_terms(feats, x, still, weights)
+    terms = loss_terms(feats, x, frame, weights)
+    assert float(terms["temporal"]) == pytest.approx(7.0 * 1.5, rel=1e-4)
+    others = sum(float(terms[name]) for name in ("content", "style", "tv"))
+    assert float(terms["total"]) == pytest.approx(others + 7.0 * 1.5, rel=1e-4)

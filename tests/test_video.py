@@ -18,8 +18,8 @@ from style_exp.images import to_uint8
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings
 from style_exp.settings import VideoSettings
-from style_exp.stylize import Problem, build_network
-from style_exp.video import FrameStore, stylize_video
+from style_exp.stylize import Problem, Result, build_network
+from style_exp.video import FrameStore, Motion, stylize_video
 from style_exp.videoio import VideoError, open_clip, write_video
 from style_exp.weights import IMAGENET_MEAN_RGB
 
@@ -148,16 +148,40 @@ def test_flow_follows_a_pan_better_than_warm_start(network, tmp_path):
     assert flow < 0.6 * previous
 
 
-def test_temporal_loss_counts_only_trusted_pixels(network, tmp_path):
+def test_temporal_loss_counts_only_trusted_pixels(network, tmp_path, monkeypatch):
+    """A flow frame is pulled towards the previous stylised frame warped onto it, only
+    where the input's flow can be trusted: the optimiser's own loss is
+    ``temporal_weight * mean(c * (x - warped)^2)`` with the clip's consistency mask c."""
     frames = pan(2, 3)
-    store = FrameStore(tmp_path)
-    settings = VideoSettings(init="flow", temporal_weight=1.0, first_frame_iterations=2,
+    problems: list[Problem] = []
+    original = video.stylize
+
+    def spy(problem: Problem, *args, **kwargs) -> Result:
+        problems.append(problem)
+        return original(problem, *args, **kwargs)
+
+    monkeypatch.setattr(video, "stylize", spy)
+    settings = VideoSettings(init="flow", temporal_weight=3.0, first_frame_iterations=2,
                              frame_iterations=2)
     done = stylize_video(frames, lambda f: Problem(f, [stripes_image(40, 40)], [1.0], LOSS),
                          lambda i, f: i, lambda i, f: f, network, AdamSettings(), settings,
-                         store, 2)
-    assert "loss/temporal" not in done[0].metrics and done[1].metrics["loss/temporal"] > 0
-    assert 0.7 < done[1].metrics["video/trusted_fraction"] < 1.0
+                         FrameStore(tmp_path), 2)
+    assert problems[0].temporal is None and "loss/temporal" not in done[0].metrics
+    target, mask = problems[1].temporal
+    assert problems[1].loss.temporal == settings.temporal_weight
+    motion = Motion.between(frames[0], frames[1], settings.flow)
+    np.testing.assert_array_equal(mask, motion.mask)
+    assert 0.7 < mask.mean() < 1.0  # the columns that came into view are not trusted
+    assert done[1].metrics["video/trusted_fraction"] == pytest.approx(mask.mean())
+    trusted = mask > 0
+    np.testing.assert_allclose(target[trusted], motion.carry(done[0].working)[trusted],
+                               atol=1e-3)
+    # Every pixel 40 away from the target: only the trusted ones count, over all H*W*3.
+    probe = target + np.where(target < 128, 40.0, -40.0).astype(np.float32)
+    at_probe = original(problems[1], network, probe, AdamSettings(), 1,
+                       require_progress=False)
+    expected = settings.temporal_weight * np.mean(mask[..., None] * 40.0**2)
+    assert at_probe.metrics["loss/temporal"] == pytest.approx(expected, rel=1e-3)
 
 
 @pytest.fixture
@@ -277,3 +301,57 @@ def test_video_settings_are_checked_by_name(compose_config, clip_inputs, overrid
     cfg = compose_config([f"content={clip}", f"style={style}", "size=40", override])
     with pytest.raises(ConfigError, match=message):
         validate(cfg)
+
+
+@pytest.mark.parametrize(("overrides", "lrs"), [
+    (["video.frame_lr=2.5"], [AdamSettings().lr, 2.5, 2.5]),
+    # Without a temporal term every frame has the same objective: the compiled step of
+    # frame 0 must not be reused with its lr.
+    (["video.init=previous", "video.frame_lr=2.5", "optimizer.lr=4"], [4.0, 2.5, 2.5]),
+    (["video.frame_lr=null", "optimizer.lr=4"], [4.0, 4.0, 4.0]),
+], ids=["flow", "previous", "null"])
+def test_frame_lr_is_adams_lr_after_the_first_frame(compose_config, tmp_path, clip_inputs,
+                                                    overrides, lrs):
+    """README: ``video.frame_lr`` is Adam's lr for frames started from the previous one
+    (``null``: ``optimizer.lr``); the first frame keeps ``optimizer.lr``. The logged lr is
+    the one Adam's update used, per frame index."""
+    clip, style = clip_inputs
+    uri, run = _clip_run(compose_config, tmp_path, clip, style,
+                         ["optimizer=adam", "video.max_frames=3", "iterations=5",
+                          "video.frame_iterations=2", *overrides])
+    run()
+    client, (record,) = _runs(uri)
+    history = client.get_metric_history(record.info.run_id, "lr")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == \
+        list(enumerate(lrs))
+
+
+def test_resume_extends_a_clip_without_redoing_its_frames(compose_config, tmp_path,
+                                                         clip_inputs, monkeypatch):
+    """README: ``video.max_frames`` and ``video.fps`` change no frame, so a resumed run
+    that allows more frames takes over the finished ones and makes only the new ones,
+    each started from the one before as usual."""
+    clip, style = clip_inputs
+    uri, short = _clip_run(compose_config, tmp_path, clip, style, ["video.max_frames=2"],
+                           "short")
+    short()
+    assert open_clip(tmp_path / "short" / "output.mp4", 40).count == 2
+    made: list[Problem] = []
+    original = video.stylize
+    monkeypatch.setattr(video, "stylize",
+                        lambda problem, *a, **k: made.append(problem) or original(problem, *a, **k))
+    _, longer = _clip_run(compose_config, tmp_path, clip, style,
+                          ["video.resume=true", "video.fps=4"], "long")
+    frames = longer()
+    assert [f.index for f in frames] == [0, 1, 2, 3]
+    assert len(made) == 2  # frames 2 and 3 only
+    assert all(problem.temporal is not None for problem in made)  # carried on from frame 1
+    _, (first, second) = _runs(uri)
+    assert second.data.tags["video.key"] == first.data.tags["video.key"]
+    assert second.data.tags["video.resumed_from"] == first.info.run_id
+    assert second.data.tags["video.reused_frames"] == "2"
+    for name in ("000000.png", "000001.png"):
+        assert (tmp_path / "long" / "frames" / name).read_bytes() == \
+            (tmp_path / "short" / "frames" / name).read_bytes()
+    result = open_clip(tmp_path / "long" / "output.mp4", 40)
+    assert (result.count, result.fps) == (4, 4.0)
