@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
@@ -318,14 +317,20 @@ def compare(experiment: str, sweep: str | None, tracking_uri: str,
              loss_curves(client, entries, out / "loss_curves.png"),
              *write_tables(summary_rows(entries), out / "summary",
                            preamble=_preamble(entries, left_out))]
-    mlflow.set_tracking_uri(tracking_uri)
+    # Through the client, not MLflow's fluent API: that would set the process-wide tracking
+    # URI (and MLFLOW_TRACKING_URI, which child processes inherit) to this store.
     tags = {"style_exp.kind": "compare", "swept": ",".join(keys),
             **({"compared_sweep_id": sweep} if sweep else {})}
-    with mlflow.start_run(experiment_id=client.get_experiment_by_name(experiment).experiment_id,
-                          run_name=f"compare{SEPARATOR}{sweep or experiment}", tags=tags):
-        mlflow.log_param("runs", len(entries))
+    run = client.create_run(client.get_experiment_by_name(experiment).experiment_id,
+                            run_name=f"compare{SEPARATOR}{sweep or experiment}", tags=tags)
+    try:
+        client.log_param(run.info.run_id, "runs", len(entries))
         for path in files:
-            mlflow.log_artifact(str(path))
+            client.log_artifact(run.info.run_id, str(path))
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id)
     return files, left_out
 
 
