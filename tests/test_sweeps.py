@@ -17,7 +17,8 @@ from PIL import Image
 
 from style_exp import compare
 
-# A joblib sweep's launching process may linger after its last job (issue 23): generous.
+# The sweep takes well under a minute alone, a few under CI's load; a launching process
+# that waits out loky's idle workers (300 s after the summary, cli._exit) runs past this.
 JOBLIB_TIMEOUT = 300
 
 
