@@ -1,6 +1,6 @@
 """The team tracking server: PostgreSQL and an authenticated MLflow server, as one unit.
 
-    python -m style_exp.server start --dir DIR [--port 5000] [--host 127.0.0.1]
+    python -m style_exp.server start --dir DIR [--port 5000 | --port 0] [--host 127.0.0.1]
                                      [--db-host 127.0.0.1] [--backend-store-uri postgresql://...]
     python -m style_exp.server stop --dir DIR
 
@@ -9,8 +9,10 @@ database ``--backend-store-uri`` names), starts it and ``mlflow server`` on it w
 proxied artifacts (``DIR/artifacts``: workers need no shared disk) and MLflow's
 basic-auth app, whose admin password is generated on first start and kept in
 ``DIR/secrets.json``. It returns once the server answers an authenticated request, and
-writes ``DIR/client.env`` (mode 0600) for clients. ``stop`` ends what ``start`` started,
-by the process ids it recorded in ``DIR/server.json``.
+writes ``DIR/client.env`` (mode 0600) for clients. ``--port 0`` lets the server bind a
+free port itself (no other process can take it between a probe and the bind); the
+port it got is read back from its log and written to ``client.env`` and ``server.json``.
+``stop`` ends what ``start`` started, by the process ids it recorded in ``DIR/server.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -40,6 +43,11 @@ DATABASES = ("mlflow", "mlflow_auth")  # tracking store, user store
 LOOPBACK = "127.0.0.1"
 WAIT_S = 180.0
 AUTH_CACHE_TTL_S = 60  # without it each request re-hashes the password (~0.45 s)
+PORT_ATTEMPTS = 5  # PostgreSQL cannot pick its own port: probe one, retry if it was taken
+PORT_TAKEN = "address already in use"  # PostgreSQL's and uvicorn's words, lower-cased
+# What uvicorn (under `mlflow server`) logs once its socket is bound: the only place a
+# port it chose (--port 0) can be read back from.
+BOUND = re.compile(r"Uvicorn running on \S+:(\d+) \(Press CTRL\+C")
 
 
 class ServerError(RuntimeError):
@@ -107,9 +115,11 @@ def free_port(host: str) -> int:
 
 
 def check_port(host: str, port: int) -> None:
-    """Refuse a port out of range or already taken, before anything starts."""
-    if not 0 < port < 65536:
-        raise ServerError(f"--port {port}: not a TCP port (1-65535)")
+    """Refuse a port out of range or already taken, before anything starts (0: any)."""
+    if not 0 <= port < 65536:
+        raise ServerError(f"--port {port}: not a TCP port (1-65535, or 0 for any free one)")
+    if port == 0:
+        return
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -117,6 +127,20 @@ def check_port(host: str, port: int) -> None:
         except OSError as error:
             raise ServerError(f"--port {port}: cannot listen on {host}:{port} "
                               f"({error.strerror})") from error
+
+
+def log_since(log: Path, offset: int) -> str:
+    """What ``log`` gained after ``offset`` bytes (logs are appended to across starts)."""
+    try:
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def log_size(log: Path) -> int:
+    return log.stat().st_size if log.is_file() else 0
 
 
 def alive(pid: int | None) -> bool:
@@ -179,17 +203,30 @@ def init_cluster(layout: Layout, password: str) -> None:
         password_file.unlink(missing_ok=True)
 
 
-def start_postgres(layout: Layout, listen: str, port: int) -> int:
-    """Start the cluster on ``listen``:``port`` (TCP only) and return the postmaster's pid."""
+def start_postgres(layout: Layout, listen: str) -> tuple[int, int]:
+    """Start the cluster on a free port of ``listen`` (TCP only); return its pid and port.
+
+    PostgreSQL cannot choose a port itself, so one is probed free first; when another
+    process binds it before PostgreSQL does, PostgreSQL says so and another is tried.
+    """
     log = layout.logs / "postgres.log"
     if os.geteuid() == 0:
         log.touch()
         shutil.chown(log, "postgres", "postgres")
-    options = f"-p {port} -c listen_addresses={listen} -c unix_socket_directories=''"
-    run_checked(as_postgres([pg_binary("pg_ctl"), "-D", str(layout.postgres), "-l", str(log),
-                             "-w", "-t", "60", "-o", options, "start"]),
-                f"starting PostgreSQL (see {log})")
-    return int((layout.postgres / "postmaster.pid").read_text().split()[0])
+    for _ in range(PORT_ATTEMPTS):
+        port, offset = free_port(listen), log_size(log)
+        options = f"-p {port} -c listen_addresses={listen} -c unix_socket_directories=''"
+        try:
+            run_checked(as_postgres([pg_binary("pg_ctl"), "-D", str(layout.postgres), "-l",
+                                     str(log), "-w", "-t", "60", "-o", options, "start"]),
+                        f"starting PostgreSQL (see {log})")
+        except ServerError:
+            if PORT_TAKEN in log_since(log, offset).lower():
+                continue
+            raise
+        return int((layout.postgres / "postmaster.pid").read_text().split()[0]), port
+    raise ServerError(f"starting PostgreSQL: every port tried on {listen} was taken "
+                      f"({PORT_ATTEMPTS} attempts, see {log})")
 
 
 def allow_remote_clients(layout: Layout, listen: str) -> None:
@@ -300,14 +337,45 @@ def probe_url(base: str) -> str:
     return f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
 
 
+def exited(process: subprocess.Popen, log: Path, offset: int, port: int) -> ServerError:
+    """Why the server process ended early (mlflow exits with 0 when its port was taken)."""
+    if PORT_TAKEN in log_since(log, offset).lower():
+        return ServerError(f"--port {port}: another process took it while mlflow started")
+    return ServerError(f"mlflow server exited with status {process.returncode}: see {log}")
+
+
+def bound_port(process: subprocess.Popen, log: Path, offset: int = 0,
+               wait_s: float = WAIT_S) -> int:
+    """The port ``mlflow server`` bound, read from its log (past ``offset``) once it says.
+
+    With ``--port 0`` the server binds a free port itself, so no other process can take
+    it between a probe and the bind.
+    """
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        found = BOUND.search(log_since(log, offset))
+        if found:
+            return int(found.group(1))
+        if process.poll() is not None:
+            raise exited(process, log, offset, 0)
+        time.sleep(0.2)
+    raise ServerError(f"mlflow server did not bind a port within {wait_s:.0f} s: see {log}")
+
+
 def wait_until_answering(base: str, password: str, process: subprocess.Popen,
-                         log: Path) -> None:
+                         log: Path, offset: int = 0) -> None:
+    """Until the server answers as ours: our admin password accepted, no password refused.
+
+    A process that took the port first would not do both.
+    """
+    port = int(base.rsplit(":", 1)[1])
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        if status_of(probe_url(base), basic_auth(ADMIN, password)) == 200:
-            return
         if process.poll() is not None:
-            raise ServerError(f"mlflow server exited with status {process.returncode}: see {log}")
+            raise exited(process, log, offset, port)
+        if (status_of(probe_url(base), basic_auth(ADMIN, password)) == 200
+                and status_of(probe_url(base)) == 401):
+            return
         time.sleep(0.5)
     raise ServerError(f"mlflow server did not answer at {base} within {WAIT_S:.0f} s: see {log}")
 
@@ -388,21 +456,26 @@ def _start(layout: Layout, host: str, port: int, db_host: str,
     if backend_store_uri:
         tracking_uri = auth_uri = sqlalchemy_uri(backend_store_uri)
     else:
-        db_port = free_port(db_host)
         init_cluster(layout, keys["db_password"])
         allow_remote_clients(layout, db_host)
-        state["postgres_pid"] = start_postgres(layout, db_host, db_port)
+        state["postgres_pid"], db_port = start_postgres(layout, db_host)
         state.update(postgres_data=str(layout.postgres), db_address=f"{db_host}:{db_port}")
         layout.state.write_text(json.dumps(state, indent=1))
         create_databases(db_port, keys["db_password"])
         tracking_uri, auth_uri = (local_database_uri(db_port, keys["db_password"], name)
                                   for name in DATABASES)
     write_private(layout.auth_ini, auth_config(auth_uri, keys["admin_password"]))
+    log = layout.logs / "mlflow.log"
+    offset = log_size(log)
     process = start_mlflow(layout, host, port, tracking_uri, keys["flask_secret_key"])
-    state.update(mlflow_pid=process.pid, url=client_address(host, port))
+    state["mlflow_pid"] = process.pid
+    layout.state.write_text(json.dumps(state, indent=1))  # so a failed start is stopped
+    if port == 0:
+        port = bound_port(process, log, offset)
+    state.update(port=port, url=client_address(host, port))
     layout.state.write_text(json.dumps(state, indent=1))
     wait_until_answering(f"http://{LOOPBACK if host in ('0.0.0.0', '::') else host}:{port}",
-                         keys["admin_password"], process, layout.logs / "mlflow.log")
+                         keys["admin_password"], process, log, offset)
     write_private(layout.client_env, "".join(
         f"{name}={value}\n" for name, value in (("MLFLOW_TRACKING_URI", state["url"]),
                                                 ("MLFLOW_TRACKING_USERNAME", ADMIN),
@@ -450,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     stop_parser = commands.add_parser("stop", help="stop what start started in DIR")
     for sub in (start_parser, stop_parser):
         sub.add_argument("--dir", type=Path, required=True)
-    start_parser.add_argument("--port", type=int, default=5000)
+    start_parser.add_argument("--port", type=int, default=5000,
+                              help="0: a free port the server binds itself (see client.env)")
     start_parser.add_argument("--host", default=LOOPBACK,
                               help="address the MLflow server listens on (default loopback)")
     start_parser.add_argument("--db-host", default=LOOPBACK,

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,18 +24,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import PROJECT, gradient_image, stripes_image
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from style_exp import app, cluster, compare, reproduce, server, video
 from style_exp.config import ConfigError
+from style_exp.labels import sweep_id
 from style_exp.videoio import write_video
-from style_exp.weights import CACHE_NAME
+from style_exp.weights import default_cache_dir
 
 CLUSTER_EXPERIMENT = "cluster"
 TINY = ["size=48", "iterations=5", "progress=false", "tracking.log_every=1"]
 # Ray binds to loopback only, and without token auth whatever ~/.ray holds.
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+# How a Ray component says another process took the port it was given.
+BIND_FAILED = ("Failed to bind", "address already in use")
 
 
 def require(program: str) -> str:
@@ -79,10 +86,9 @@ def team_server():
     require("initdb")
     base = private_base("style_exp_srv_")
     directory = base / "srv"
-    port = server.free_port(server.LOOPBACK)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
     started = cli(["-m", "style_exp.server", "start", "--dir", str(directory),
-                   "--port", str(port)], env, PROJECT)
+                   "--port", "0"], env, PROJECT)  # the server binds a free port itself
     assert started.returncode == 0, started.stderr[-2000:]
     state = json.loads((directory / "server.json").read_text())
     yield Server(directory, read_env_file(directory / "client.env"),
@@ -115,65 +121,101 @@ def our_ray_processes(temp_dir: Path) -> list[int]:
     return found
 
 
-def wait_for_node(address: str, head: subprocess.Popen, env: dict[str, str]) -> None:
-    """`ray status` exits 0 before the node is up; wait for it to list an active node."""
+@dataclass
+class RayHead:
+    address: str
+    stray_cache: Path  # the weights cache a worker would use without the driver's
+
+
+def wait_for_node(head: subprocess.Popen, temp_dir: Path, log: Path,
+                  env: dict[str, str]) -> str | None:
+    """The head's address once `ray status` lists a node (it exits 0 before that);
+    None when the head died because a port it was given got taken meanwhile."""
     deadline, said = time.monotonic() + 120, ""
+    address_file = temp_dir / "ray_current_cluster"  # where `ray start` writes the address
     while time.monotonic() < deadline:
-        assert head.poll() is None, "ray start --head exited early"
-        status = subprocess.run(["ray", "status", "--address", address], env=env,
-                                capture_output=True, text=True, timeout=60)
-        if " node_" in status.stdout:
-            return
-        said = (status.stderr.strip().splitlines() or [""])[0]
+        if head.poll() is not None:
+            if any(words in log.read_text(errors="replace") for words in BIND_FAILED):
+                return None
+            pytest.fail(f"ray start --head exited early: see {log}")
+        if address_file.is_file():
+            address = address_file.read_text().strip()
+            status = subprocess.run(["ray", "status", "--address", address], env=env,
+                                    capture_output=True, text=True, timeout=60)
+            if " node_" in status.stdout:
+                return address
+            said = (status.stderr.strip().splitlines() or [""])[0]
         time.sleep(1)
-    pytest.fail(f"the Ray head at {address} did not come up within 120 s ({said})")
+    pytest.fail(f"the Ray head did not come up within 120 s ({said})")
+
+
+def stop_ray_head(head: subprocess.Popen, temp_dir: Path) -> list[int]:
+    """SIGTERM to `ray start --block` (not its group: that takes ~30 s); what is left."""
+    if head.poll() is None:
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while our_ray_processes(temp_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return our_ray_processes(temp_dir)
 
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """One loopback-only Ray node, started with `ray start --head --block`, stopped by pid."""
+    """One loopback-only Ray node, started with `ray start --head --block`, stopped by pid.
+
+    Ray binds its own free ports (port 0) except the Ray client server's, which must be
+    named: when another process takes that one first, the head dies and is started again.
+    Its workers get a weights cache of their own (empty) and no package index, so a job
+    that does not use the driver's STYLE_EXP_CACHE fails instead of downloading.
+    """
     require("ray")
     base = private_base("style_exp_ray_")
-    port = server.free_port(server.LOOPBACK)
-    env = {**os.environ, **RAY_ENV}
-    command = ["ray", "start", "--head", "--block", "--port", str(port),
-               "--node-ip-address", "127.0.0.1",
-               "--ray-client-server-port", str(server.free_port(server.LOOPBACK)),
-               "--num-cpus", "2", "--memory", str(3 * 2**30),
-               "--object-store-memory", str(100 * 2**20), "--temp-dir", str(base / "t"),
-               "--include-dashboard", "false", "--disable-usage-stats"]
-    with open(base / "head.log", "wb") as log:
-        head = subprocess.Popen(command, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    address = f"127.0.0.1:{port}"
+    stray_cache = base / "stray_cache"
+    env = {**os.environ, **RAY_ENV, "STYLE_EXP_CACHE": str(stray_cache), "PIP_NO_INDEX": "1"}
+    started: list[tuple[subprocess.Popen, Path]] = []
     try:
-        wait_for_node(address, head, env)
-        yield address
+        for attempt in range(3):
+            temp_dir, log_path = base / f"t{attempt}", base / f"head{attempt}.log"
+            command = ["ray", "start", "--head", "--block", "--port", "0",
+                       "--node-ip-address", "127.0.0.1", "--dashboard-agent-listen-port", "0",
+                       "--ray-client-server-port", str(server.free_port(server.LOOPBACK)),
+                       "--num-cpus", "2", "--memory", str(3 * 2**30),
+                       "--object-store-memory", str(100 * 2**20), "--temp-dir", str(temp_dir),
+                       "--include-dashboard", "false", "--disable-usage-stats"]
+            with open(log_path, "wb") as log:
+                head = subprocess.Popen(command, cwd=base, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+            started.append((head, temp_dir))
+            address = wait_for_node(head, temp_dir, log_path, env)
+            if address:
+                break
+        else:
+            pytest.fail(f"the Ray head lost its ports to other processes 3 times: see {base}")
+        yield RayHead(address, stray_cache)
     finally:
-        head.send_signal(signal.SIGTERM)
-        head.wait(timeout=60)
-        deadline = time.monotonic() + 30
-        while our_ray_processes(base / "t") and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = our_ray_processes(base / "t")
+        left = [pid for head, temp_dir in started for pid in stop_ray_head(head, temp_dir)]
         shutil.rmtree(base, ignore_errors=True)
         assert not left, f"raylet/gcs_server still running after SIGTERM: {left}"
 
 
 @pytest.fixture(scope="module")
-def ray_sweep(team_server, ray_head, tmp_path_factory):
-    """4 jobs on the Ray cluster logging to the team server; the workers start with an
-    empty weights cache (STYLE_EXP_CACHE, forwarded by the launcher preset)."""
+def ray_sweep(team_server, ray_head, tmp_path_factory, weights):
+    """4 deterministic jobs on the Ray cluster logging to the team server.
+
+    The workers read the weights cache this machine already filled (the ``weights``
+    fixture makes sure), named by the driver's STYLE_EXP_CACHE, which the launcher
+    preset forwards: no worker downloads.
+    """
     root = tmp_path_factory.mktemp("ray_sweep")
-    cache = root / "weights_cache"
-    env = {**os.environ, **team_server.env, **RAY_ENV, "STYLE_EXP_CACHE": str(cache),
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, **team_server.env, **RAY_ENV,
+           "STYLE_EXP_CACHE": str(default_cache_dir()), "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = cli([str(PROJECT / "run.py"), "-m", "hydra/launcher=ray",
-                f"hydra.launcher.ray.init.address={ray_head}", "seed=0,1,2,3", *TINY,
-                f"tracking.experiment={CLUSTER_EXPERIMENT}",
+                f"hydra.launcher.ray.init.address={ray_head.address}", "seed=0,1,2,3", *TINY,
+                "determinism=true", f"tracking.experiment={CLUSTER_EXPERIMENT}",
                 f"hydra.sweep.dir={root / 'sweep'}"], env, root, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    return done, cache, root
+    return done, root
 
 
 def experiment_runs(uri: str, experiment: str = CLUSTER_EXPERIMENT, query: str = ""):
@@ -181,6 +223,16 @@ def experiment_runs(uri: str, experiment: str = CLUSTER_EXPERIMENT, query: str =
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no experiment {experiment} on {uri}"
     return client, client.search_runs([found.experiment_id], query)
+
+
+def printed_compare_command(output: str, sweep: str, runs: int) -> list[str]:
+    """The summary the launching process prints once every job is done (callbacks.py):
+    the sweep's id with its run count, then the command comparing it."""
+    lines = output.splitlines()
+    header = lines.index(f"Sweep {sweep}: {runs} runs")  # ValueError: not printed
+    label, command = lines[header + 1].split(maxsplit=1)
+    assert label == "compare", lines[header:header + 3]
+    return shlex.split(command)
 
 
 def test_server_refuses_missing_and_wrong_credentials(team_server):
@@ -192,6 +244,9 @@ def test_server_refuses_missing_and_wrong_credentials(team_server):
     assert (team_server.directory / "secrets.json").stat().st_mode & 0o777 == 0o600
     state = json.loads((team_server.directory / "server.json").read_text())
     assert listening_addresses(int(state["db_address"].split(":")[1])) == {"127.0.0.1"}
+    # --port 0: the port the server bound, read back, is the one clients are given
+    assert team_server.url == f"http://127.0.0.1:{state['port']}" and state["port"] > 0
+    assert listening_addresses(state["port"]) == {"127.0.0.1"}
     assert "client.env" in team_server.console and "stop with" in team_server.console
 
 
@@ -206,8 +261,9 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-def test_ray_sweep_finishes_every_job_on_the_team_server(client_env, ray_sweep, tmp_path):
-    done, cache, _ = ray_sweep
+def test_ray_sweep_finishes_every_job_on_the_team_server(client_env, ray_head, ray_sweep,
+                                                         tmp_path):
+    done, root = ray_sweep
     client, runs = experiment_runs(client_env.url)
     sweep_runs = [r for r in runs if "sweep_id" in r.data.tags]
     assert len(sweep_runs) == 4 and all(r.info.status == "FINISHED" for r in sweep_runs)
@@ -217,12 +273,18 @@ def test_ray_sweep_finishes_every_job_on_the_team_server(client_env, ray_sweep, 
     for run in sweep_runs:
         path = Path(client.download_artifacts(run.info.run_id, "output.png", str(tmp_path)))
         assert max(np.asarray(Image.open(path)).shape[:2]) == 48
-    assert (cache / CACHE_NAME).is_file()  # workers built their cache on first use
+    # The workers used the driver's filled cache: none looked at its own (a download
+    # would have created it, and fails there without a package index).
+    assert not ray_head.stray_cache.exists()
     assert "Initializing ray with config" in done.stdout + done.stderr
+    sweep = sweep_runs[0].data.tags["sweep_id"]
+    assert sweep == sweep_id(root / "sweep")
+    assert printed_compare_command(done.stdout, sweep, 4) == [
+        "python", "-m", "style_exp.compare", "--sweep", sweep, "--experiment", CLUSTER_EXPERIMENT]
 
 
 def test_no_credential_in_any_output_or_record(client_env, ray_sweep, tmp_path):
-    done, _, root = ray_sweep
+    done, root = ray_sweep
     password = client_env.password
     assert password not in client_env.console
     assert password not in done.stdout + done.stderr
@@ -241,14 +303,16 @@ def test_no_credential_in_any_output_or_record(client_env, ray_sweep, tmp_path):
 
 
 def test_compare_and_reproduce_work_against_the_server(client_env, ray_sweep, tmp_path):
-    _, runs = experiment_runs(client_env.url)
-    sweep_id = next(r.data.tags["sweep_id"] for r in runs if "sweep_id" in r.data.tags)
-    assert compare.main(["--experiment", CLUSTER_EXPERIMENT, "--sweep", sweep_id,
-                         "--out", str(tmp_path / "compare")]) == 0
+    """The compare command the sweep printed, then a pixel-identical reproduction: the
+    sweep ran with determinism=true on this machine (README: exit 0 = identical)."""
+    done, root = ray_sweep
+    command = printed_compare_command(done.stdout, sweep_id(root / "sweep"), 4)
+    assert command[:3] == ["python", "-m", "style_exp.compare"]
+    assert compare.main([*command[3:], "--out", str(tmp_path / "compare")]) == 0
     assert (tmp_path / "compare" / "contact_sheet.png").is_file()
+    _, runs = experiment_runs(client_env.url)
     original = next(r for r in runs if r.data.tags.get("sweep.seed") == "0")
-    status = reproduce.main([original.info.run_id, "--out", str(tmp_path / "again")])
-    assert status in (0, 1)  # ran from the server's record (2 would be a refusal)
+    assert reproduce.main([original.info.run_id, "--out", str(tmp_path / "again")]) == 0
     _, after = experiment_runs(client_env.url, query=f"tags.reproduces = '{original.info.run_id}'")
     assert len(after) == 1 and after[0].info.status == "FINISHED"
 
@@ -291,10 +355,30 @@ def test_submitit_local_sweep_logs_to_the_team_server(client_env, tmp_path):
     _, runs = experiment_runs(client_env.url, "submitit")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.tags["sweep.seed"] for r in runs} == {"0", "1"}
+    sweep = sweep_id(tmp_path / "sweep")
+    assert {r.data.tags["sweep_id"] for r in runs} == {sweep}
+    assert printed_compare_command(done.stdout, sweep, 2) == [
+        "python", "-m", "style_exp.compare", "--sweep", sweep, "--experiment", "submitit"]
 
 
-def test_server_uses_an_existing_database(team_server):
-    """--backend-store-uri: a second server on a database of the first one's PostgreSQL."""
+def test_new_users_may_read_but_not_write(client_env, monkeypatch):
+    """README: users made with AuthServiceClient get read access by default."""
+    from mlflow.server.auth.client import AuthServiceClient
+
+    experiment = MlflowClient(client_env.url).create_experiment("readable")
+    password = secrets.token_urlsafe(16)
+    AuthServiceClient(client_env.url).create_user("reviewer", password)  # as admin
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reviewer")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    reviewer = MlflowClient(client_env.url)
+    assert reviewer.get_experiment(experiment).name == "readable"
+    with pytest.raises(MlflowException, match="403 != 200.*Permission denied"):
+        reviewer.create_run(experiment)
+
+
+def test_server_uses_and_remembers_an_existing_database(team_server, monkeypatch):
+    """--backend-store-uri: a second server on a database of the first one's PostgreSQL,
+    started again without the option, still on that database (README: remembered)."""
     import psycopg2
 
     keys = json.loads((team_server.directory / "secrets.json").read_text())
@@ -308,15 +392,43 @@ def test_server_uses_an_existing_database(team_server):
     connection.close()
     second = team_server.directory.parent / "second"
     uri = f"postgresql://{server.DB_USER}:{keys['db_password']}@{host}:{port}/existing"
-    state = server.start(second, server.LOOPBACK, server.free_port(server.LOOPBACK),
-                         server.LOOPBACK, uri)
+    for backend_store_uri in (uri, None):
+        state = server.start(second, server.LOOPBACK, 0, server.LOOPBACK, backend_store_uri)
+        try:
+            assert state["postgres_pid"] is None and not (second / "postgres").exists()
+            for name, value in read_env_file(second / "client.env").items():
+                monkeypatch.setenv(name, value)
+            client = MlflowClient(state["url"])
+            if backend_store_uri:
+                client.create_experiment("kept in existing")
+            else:  # the database of the first start, not a new one
+                assert client.get_experiment_by_name("kept in existing") is not None
+        finally:
+            assert server.stop(second) == [f"mlflow server (pid {state['mlflow_pid']})"]
+
+
+def test_postgres_takes_another_port_when_its_port_was_taken(monkeypatch):
+    """PostgreSQL cannot choose its port: the one probed free may be bound by another
+    process before PostgreSQL binds it, and start then tries another."""
+    base = private_base("style_exp_pg_")
+    probe_free = server.free_port
     try:
-        assert state["postgres_pid"] is None and not (second / "postgres").exists()
-        password = read_env_file(second / "client.env")["MLFLOW_TRACKING_PASSWORD"]
-        assert server.status_of(server.probe_url(state["url"]),
-                                server.basic_auth("admin", password)) == 200
+        layout = server.prepare_dir(base / "srv")
+        server.init_cluster(layout, server.load_secrets(layout)["db_password"])
+        with socket.socket() as taken:
+            taken.bind((server.LOOPBACK, 0))
+            taken.listen()
+            probes = iter([taken.getsockname()[1]])  # the first probe answers a taken port
+            monkeypatch.setattr(server, "free_port",
+                                lambda host: next(probes, 0) or probe_free(host))
+            pid, port = server.start_postgres(layout, server.LOOPBACK)
+            try:
+                assert port != taken.getsockname()[1] and server.alive(pid)
+                assert listening_addresses(port) == {"127.0.0.1"}
+            finally:
+                server.stop_postgres(layout.postgres, pid)
     finally:
-        assert server.stop(second) == [f"mlflow server (pid {state['mlflow_pid']})"]
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -331,8 +443,7 @@ def test_server_refuses_bad_input_in_one_line(tmp_path, capsys, args, message):
 
 def test_server_refuses_a_file_as_dir(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    port = str(server.free_port(server.LOOPBACK))
-    assert server.main(["start", "--dir", str(tmp_path / "file"), "--port", port]) == 1
+    assert server.main(["start", "--dir", str(tmp_path / "file"), "--port", "0"]) == 1
     assert "is not a directory" in capsys.readouterr().err
 
 

@@ -1,15 +1,16 @@
 """The MLflow dashboard as a reviewer sees it, in a real (headless) Chromium.
 
-A tracking server on a free loopback port, a 2-job sweep into it, then the link the
-sweep printed opened in Debian's Chromium driven by Playwright: the runs table (not
-the GenAI overview) must show the readable run names, and the final images' grid must
-load an image. Screenshots are kept in the test's tmp dir (paths printed: pytest -s).
+A tracking server on a loopback port it binds itself, a 2-job sweep into it, then the
+link the sweep printed opened in Debian's Chromium driven by Playwright: the runs table
+(not the GenAI overview) must show the readable run names, and the final images' grid
+must load an image. Screenshots are kept in the test's tmp dir (paths printed: pytest -s).
+Nothing is skipped: without Chromium or Playwright the test fails saying what to install
+(CI installs both).
 """
 
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT
 
-sync_api = pytest.importorskip("playwright.sync_api")
+from style_exp import server as team_server
+from style_exp.labels import sweep_id
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As root in CI: no sandbox; no background connections (the network is closed here).
@@ -29,10 +31,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 NAMES = [f"grace_hopper x night_swirls · style_weight={w}" for w in (50, 5000)]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _require_browser():
+    """Playwright's sync API, failing (not skipping) when the browser stack is missing."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("playwright is missing: pip install -r requirements-dev.txt")
+    return sync_api
 
 
 def _wait_for(url: str, seconds: float) -> None:
@@ -48,17 +55,20 @@ def _wait_for(url: str, seconds: float) -> None:
 
 @pytest.fixture
 def server(tmp_path):
-    """``mlflow server`` (SQLite, artifacts served) on 127.0.0.1; stopped afterwards."""
-    port = _free_port()
+    """``mlflow server`` (SQLite, artifacts served) on 127.0.0.1; stopped afterwards.
+
+    Port 0: the server binds a free port itself and logs it (no probe-then-bind race).
+    """
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
+    log_path = tmp_path / "server.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", "0",
          "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts")],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     try:
+        url = f"http://127.0.0.1:{team_server.bound_port(process, log_path, wait_s=90)}"
         _wait_for(f"{url}/health", 90)
         yield url
     finally:
@@ -71,8 +81,8 @@ def server(tmp_path):
         log.close()
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
 def test_dashboard_shows_named_runs_and_their_images(server, tmp_path):
+    sync_api = _require_browser()
     done = subprocess.run(
         [sys.executable, str(PROJECT / "run.py"), "-m", "loss.style_weight=50,5000", "size=32",
          "iterations=4", "tracking.checkpoint_every=2", f"tracking.uri={server}",
@@ -80,14 +90,17 @@ def test_dashboard_shows_named_runs_and_their_images(server, tmp_path):
         cwd=tmp_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True,
         text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # The summary the sweep prints last (callbacks.py): its id and run count, the
+    # command comparing it on this server, then the link opened below.
     lines = done.stdout.splitlines()
-    sweep_start = next(i for i, line in enumerate(lines) if line.startswith("Sweep "))
-    compare_line = next(line for line in lines[sweep_start:] if "style_exp.compare" in line)
-    assert compare_line.split("compare", 1)[1].strip().startswith(
-        "python -m style_exp.compare --sweep ")
-    link = next(line.split()[-1] for line in lines[sweep_start:]
-                if line.strip().startswith("dashboard"))
-    assert link.startswith(f"{server}/#/experiments/")
+    sweep = sweep_id(tmp_path / "sweep")
+    header = lines.index(f"Sweep {sweep}: 2 runs")
+    compare_line, dashboard_line = (line.split(maxsplit=1) for line in lines[header + 1:header + 3])
+    assert compare_line == ["compare",
+                            f"python -m style_exp.compare --sweep {sweep} --tracking-uri {server}"]
+    assert dashboard_line[0] == "dashboard"
+    link = dashboard_line[1]
+    assert link.startswith(f"{server}/#/experiments/") and sweep in link
 
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
