@@ -20,8 +20,9 @@ BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 BFLOAT16_GPU_CAPABILITY = (8, 0)
 # Tells oneDNN (TensorFlow's CPU kernels) that convolution filters never change, so each
 # convolution keeps its filter in oneDNN's blocked layout instead of re-ordering it on every
-# call: float32 steps take about 0.92 of the time (README, "Speed"). Read at the first
-# convolution; safe because VGG19Features never runs a convolution eagerly.
+# call: float32 steps take about 0.92 of the time (README, "Speed"). TensorFlow reads it
+# once per process, at the first convolution (``AreWeightsFrozen``, a call_once); safe
+# because VGG19Features never runs a convolution eagerly.
 FROZEN_WEIGHTS_ENV = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 
 
@@ -31,19 +32,37 @@ def configure(intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
     the whole card."""
     import tensorflow as tf
 
-    cache_frozen_weights()
-
     with contextlib.suppress(RuntimeError):  # already initialised: keep what is there
         tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
         tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
     for gpu in tf.config.list_physical_devices("GPU"):
         with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
+    cache_frozen_weights()  # runs a convolution, so it comes after what needs none yet
 
 
 def cache_frozen_weights() -> None:
-    """Turns on oneDNN's filter cache (unless the environment already says otherwise)."""
-    os.environ.setdefault(FROZEN_WEIGHTS_ENV, "1")
+    """Turns on oneDNN's filter cache for this process only (unless the environment
+    already says otherwise, e.g. ``0`` to opt out or ``memory.configure_for_tiles``).
+
+    TensorFlow reads the variable once, at the process's first convolution, so it is set
+    just for a one-pixel convolution on the CPU and then removed again: child processes
+    (a test suite's, a sweep's) start with the environment they would have had, rather
+    than inheriting a setting meant for this process's network. A 1x1x1x1 filter shares
+    the eager filter cache with no filter VGG19Features has. When a convolution ran in
+    this process before, the value TensorFlow read then stays, as it always would.
+    """
+    import tensorflow as tf
+
+    if FROZEN_WEIGHTS_ENV in os.environ:
+        return
+    os.environ[FROZEN_WEIGHTS_ENV] = "1"
+    try:
+        with tf.device("/CPU:0"):
+            pixel = tf.zeros((1, 1, 1, 1))
+            tf.nn.conv2d(pixel, tf.zeros((1, 1, 1, 1)), 1, "VALID")
+    finally:
+        del os.environ[FROZEN_WEIGHTS_ENV]
 
 
 def describe() -> str:

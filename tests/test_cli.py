@@ -1,16 +1,19 @@
 """The command line as a user meets it: one-line errors, exit codes, signals, quiet start-up."""
 
+import json
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import PROJECT, cli_env, gradient_image, run_cli, stripes_image, write_image
 from mlflow.tracking import MlflowClient
 
-from style_exp.device import host_precision
+from style_exp import memory, runs
+from style_exp.device import FROZEN_WEIGHTS_ENV, host_precision
 
 
 @pytest.fixture
@@ -19,7 +22,7 @@ def photos(tmp_path):
             write_image(tmp_path / "painting.jpg", stripes_image(48, 48)))
 
 
-def _store(tmp_path):
+def store_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
 
 
@@ -41,7 +44,7 @@ def _error_lines(done):
      "(style_weights)"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(tmp_path, args, line):
-    done = run_cli([*args, f"tracking.uri={_store(tmp_path)}"], tmp_path)
+    done = run_cli([*args, f"tracking.uri={store_uri(tmp_path)}"], tmp_path)
     assert done.returncode == 2
     assert _error_lines(done)[0] == line
     assert not (tmp_path / "store").exists()  # no MLflow store, so no run either
@@ -58,7 +61,7 @@ def test_input_files_are_checked_before_tensorflow_and_any_run(tmp_path, photos)
     }
     for content, line in cases.items():
         started = time.perf_counter()
-        done = run_cli([content, f"style={painting}", f"tracking.uri={_store(tmp_path)}"],
+        done = run_cli([content, f"style={painting}", f"tracking.uri={store_uri(tmp_path)}"],
                        tmp_path)
         assert done.returncode == 2 and _error_lines(done)[0].endswith(line), done.stderr
         assert time.perf_counter() - started < 15  # 1-3 s when the machine is not loaded
@@ -110,7 +113,7 @@ def test_tracking_problems_are_named(tmp_path):
 def test_a_run_that_does_not_fit_in_memory_is_refused_up_front(tmp_path, photos):
     photo, painting = photos
     done = run_cli([f"content={photo}", f"style={painting}", "size=40000",
-                    f"tracking.uri={_store(tmp_path)}"], tmp_path)
+                    f"tracking.uri={store_uri(tmp_path)}"], tmp_path)
     assert done.returncode == 1
     what, hint = _error_lines(done)
     assert what.startswith("error: not enough memory: the run needs about ")
@@ -120,13 +123,21 @@ def test_a_run_that_does_not_fit_in_memory_is_refused_up_front(tmp_path, photos)
     assert ("precision=bfloat16 with size=" in hint) is (host_precision("auto") == "float32")
 
 
-def _start(tmp_path, photos, *extra):
-    """A long run on tiny images, returned once it is optimising."""
+# For tests that signal or kill a run still optimising: the stop rule off, Adam (L-BFGS
+# also ends once no step lowers the loss) and more steps than any test waits for, so
+# only a signal ends the run.
+ENDLESS = ("optimizer=adam", "stop.tolerance=0", "iterations=100000")
+
+
+def start_endless_run(tmp_path: Path, photos: tuple[Path, Path],
+                      *extra: str) -> subprocess.Popen:
+    """A run on tiny images that cannot end on its own, returned once it is optimising
+    (its output in ``tmp_path/out``, its store at ``store_uri(tmp_path)``)."""
     photo, painting = photos
     process = subprocess.Popen(
         [sys.executable, str(PROJECT / "run.py"), f"content={photo}", f"style={painting}",
-         "size=32", "iterations=100000", "tracking.checkpoint_every=2", "progress=false",
-         f"tracking.uri={_store(tmp_path)}", f"hydra.run.dir={tmp_path / 'out'}", *extra],
+         "size=32", *ENDLESS, "tracking.checkpoint_every=2", "progress=false",
+         f"tracking.uri={store_uri(tmp_path)}", f"hydra.run.dir={tmp_path / 'out'}", *extra],
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (tmp_path / "out" / "checkpoints" / "000002.png").exists():
@@ -136,7 +147,7 @@ def _start(tmp_path, photos, *extra):
 
 
 def _only_run(tmp_path):
-    client = MlflowClient(_store(tmp_path))
+    client = MlflowClient(store_uri(tmp_path))
     (run,) = client.search_runs([client.get_experiment_by_name("style_exp").experiment_id])
     return run
 
@@ -145,7 +156,7 @@ def _only_run(tmp_path):
                                               (signal.SIGHUP, "SIGHUP"),
                                               (signal.SIGINT, "Ctrl-C")])
 def test_signals_stop_like_ctrl_c(tmp_path, photos, signum, name):
-    process = _start(tmp_path, photos)
+    process = start_endless_run(tmp_path, photos)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum
@@ -155,3 +166,81 @@ def test_signals_stop_like_ctrl_c(tmp_path, photos, signum, name):
     assert (tmp_path / "out" / "output.png").is_file()
     run = _only_run(tmp_path)
     assert run.info.status == "KILLED" and run.data.tags["outcome"] == "interrupted"
+
+
+def _handles(pid: int, signum: int) -> bool:
+    """Whether the process still has a handler of its own for the signal (SigCgt)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # it has ended
+        return False
+    caught = next(int(line.split()[1], 16) for line in status.splitlines()
+                  if line.startswith("SigCgt:"))
+    return bool(caught >> (signum - 1) & 1)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_ends_the_process_at_once(tmp_path, photos, signum):
+    """The first signal starts the orderly stop (best image, MLflow run KILLED); a second,
+    sent once the first is being handled, ends the process by the signal's own default
+    action instead of waiting for that. The run the killed process leaves RUNNING is then
+    reaped like any dead run, so it is not left RUNNING."""
+    process = start_endless_run(tmp_path, photos)
+    assert _handles(process.pid, signum)
+    process.send_signal(signum)
+    while process.poll() is None and _handles(process.pid, signum):
+        time.sleep(0.005)  # until the handler has run (and given the signal back)
+    process.send_signal(signum)
+    process.communicate(timeout=120)
+    assert process.returncode == -signum  # killed by it: the shell's exit status 128 + signum
+    assert runs.main(["reap", "--tracking-uri", store_uri(tmp_path)]) == 0
+    assert _only_run(tmp_path).info.status == "FAILED"
+
+
+def test_full_error_shows_the_traceback_instead(tmp_path):
+    """``HYDRA_FULL_ERROR=1`` trades the one-line error for Python's traceback."""
+    done = run_cli(["size=0", f"tracking.uri={store_uri(tmp_path)}"], tmp_path,
+                   HYDRA_FULL_ERROR="1")
+    assert done.returncode != 0
+    assert "Traceback (most recent call last):" in done.stderr
+    assert done.stderr.rstrip().endswith("ConfigError: must be positive, got 0 (size)")
+    assert not any(line.startswith(("error: ", "hint: ")) for line in done.stderr.splitlines())
+
+
+# run.py in this interpreter, noting the allocator settings in its environment at the
+# moment TensorFlow starts loading (they take effect only if set by then), printed at exit.
+ALLOCATOR_PROBE = """
+import atexit, json, os, runpy, sys
+keys, seen = json.loads(sys.argv.pop(1)), {}
+
+def note(event, args):
+    if event == "import" and args[0] == "tensorflow" and not seen:
+        seen.update({key: os.environ.get(key) for key in keys})
+
+sys.addaudithook(note)
+atexit.register(lambda: print("allocator", json.dumps(seen)))
+sys.argv[0] = sys.argv.pop(1)
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python run.py` has it
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+TILED_ALLOCATOR = {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1",
+                   "MALLOC_MMAP_THRESHOLD_": str(memory.MMAP_THRESHOLD),
+                   FROZEN_WEIGHTS_ENV: "0"}
+
+
+@pytest.mark.parametrize("tiles", [64, 0])
+def test_allocator_settings_only_for_tiled_runs(tmp_path, photos, tiles):
+    """A tiled run (80 px in tiles of 64) has the allocator settings of
+    ``memory.configure_for_tiles`` (and oneDNN's filter cache off) before TensorFlow loads;
+    an untiled run keeps TensorFlow's defaults, which are faster for it."""
+    photo, painting = photos
+    env = {key: value for key, value in cli_env().items() if key not in TILED_ALLOCATOR}
+    done = subprocess.run(
+        [sys.executable, "-c", ALLOCATOR_PROBE, json.dumps(list(TILED_ALLOCATOR)),
+         str(PROJECT / "run.py"), f"content={photo}", f"style={painting}", "size=80",
+         f"tiles={tiles}", "iterations=1", "progress=false",
+         f"tracking.uri={store_uri(tmp_path)}", f"hydra.run.dir={tmp_path / 'out'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.split("allocator ")[-1])
+    assert seen == (TILED_ALLOCATOR if tiles else dict.fromkeys(TILED_ALLOCATOR))

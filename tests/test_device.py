@@ -1,6 +1,7 @@
 """Which 16-bit format the hardware computes natively, decided without running anything;
 oneDNN's filter cache."""
 
+import os
 import subprocess
 import sys
 
@@ -66,7 +67,7 @@ def test_auto_precision_is_resolved_and_explicit_ones_are_kept(monkeypatch, requ
 
 
 FILTER_CACHE_PROBE = """
-import dataclasses, sys
+import dataclasses, os, subprocess, sys
 import numpy as np
 import tensorflow as tf
 from style_exp import device
@@ -80,18 +81,34 @@ halved = dataclasses.replace(weights, kernels={k: v / 2 for k, v in weights.kern
 image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)), tf.float32)
 call = VGG19Features.__call__ if sys.argv[1] == "call" else VGG19Features._forward
 first, second = (call(VGG19Features(w, ["relu1_1"]), image)["relu1_1"] for w in (weights, halved))
+child = [sys.executable, "-c", f"import os; print(os.environ.get({device.FROZEN_WEIGHTS_ENV!r}))"]
+print(os.environ.get(device.FROZEN_WEIGHTS_ENV), subprocess.run(
+    child, capture_output=True, text=True, check=True).stdout.strip())
 print(float(tf.reduce_max(tf.abs(second - first / 2)) / tf.reduce_max(first)))
 """
 
 
-def test_the_filter_cache_never_mixes_two_networks_filters():
-    """With oneDNN's frozen-filter cache on (as every run has it), a second network's
-    eager convolutions would reuse the first one's filter; VGG19Features' graph keeps
-    each network's own. Halving every weight halves relu1_1 exactly."""
-    def error(call: str) -> float:
-        out = subprocess.run([sys.executable, "-c", FILTER_CACHE_PROBE, call], check=True,
-                             capture_output=True, text=True, cwd=PROJECT)
-        return float(out.stdout.split()[-1])
+def _probe(call: str) -> tuple[str, float]:
+    """Run FILTER_CACHE_PROBE in a fresh process whose environment leaves the filter cache
+    to ``device.configure``: what the variable is after it, in the process and in a child
+    started after it, and the probe's relative error."""
+    env = {k: v for k, v in os.environ.items() if k != device.FROZEN_WEIGHTS_ENV}
+    out = subprocess.run([sys.executable, "-c", FILTER_CACHE_PROBE, call], check=True,
+                         capture_output=True, text=True, cwd=PROJECT, env=env).stdout
+    *_, seen, error = out.splitlines()
+    return seen, float(error)
 
-    assert error("call") < 1e-6
-    assert error("eager") > 0.1, "oneDNN no longer mixes eager filters: the graph detour can go"
+
+def test_the_filter_cache_never_mixes_two_networks_filters():
+    """With oneDNN's frozen-filter cache on (as ``configure`` turns it on for every run), a
+    second network's eager convolutions would reuse the first one's filter; VGG19Features'
+    graph keeps each network's own. Halving every weight halves relu1_1 exactly.
+
+    The setting stays in the configured process: neither its environment nor a child started
+    after ``configure`` has the variable (a tiled run a test or sweep starts must not inherit
+    a cache meant for an untiled network)."""
+    seen, error = _probe("call")
+    assert error < 1e-6
+    seen_eager, error = _probe("eager")
+    assert error > 0.1, "oneDNN no longer mixes eager filters: the graph detour can go"
+    assert seen == seen_eager == "None None"

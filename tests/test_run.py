@@ -1,7 +1,9 @@
 """End to end: a composed config through `app.run` into an MLflow run, and the CLI."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from PIL import Image
 
 from style_exp import app
 from style_exp.config import with_demo_defaults
-from style_exp.images import ImageError
+from style_exp.images import ImageError, load_image
 from style_exp.stylize import NoProgress
 from style_exp.tracking import MetricsLogger
 
@@ -106,9 +108,13 @@ def test_a_run_without_progress_ends_failed_without_an_image(compose_config, tmp
         "optimizer=adam", "init=noise", "optimizer.lr=1e30"])
     with pytest.raises(NoProgress, match="never fell below its start"):
         run()
-    _, record = _only_run(uri)
+    client, record = _only_run(uri)
     assert record.info.status == "FAILED" and "optimizer.lr=1e+30" in record.data.tags["error"]
     assert not (tmp_path / "out" / "output.png").exists()
+    # the traceback the one-line error leaves out is kept with the run
+    error = Path(client.download_artifacts(record.info.run_id, "error.txt", str(tmp_path)))
+    assert error.read_text().startswith("Traceback (most recent call last):")
+    assert "NoProgress: " in error.read_text() and "never fell below" in error.read_text()
 
 
 def test_interrupt_ends_killed_and_keeps_best_image(compose_config, tmp_path, inputs,
@@ -141,17 +147,27 @@ def test_demo_defaults_apply_only_when_not_overridden(compose_config):
     assert (real.size, real.iterations) == (512, 1000)
 
 
-def test_cli_demo_writes_output_quietly(tmp_path):
-    """`python run.py` on the embedded demo (tiny here), with its own run directory; no
-    TensorFlow or MLflow start-up lines (STYLE_EXP_VERBOSE=1 would show them)."""
+# A line of TensorFlow's native (absl) log, e.g. "I0000 00:00:1.2 3 port.cc:153] oneDNN ...".
+NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} [\d:. ]+\d+ [\w.]+:\d+\] ", re.MULTILINE)
+
+
+@pytest.mark.parametrize("verbose", ["", "1"])
+def test_cli_demo_writes_output_quietly(tmp_path, verbose):
+    """`python run.py` on the embedded demo (tiny here), with its own run directory: no
+    TensorFlow or MLflow start-up lines, which STYLE_EXP_VERBOSE=1 shows."""
     out = tmp_path / "cli"
     completed = subprocess.run(
         [sys.executable, str(PROJECT / "run.py"), "size=48", "iterations=3", "progress=false",
          f"tracking.uri=sqlite:///{tmp_path / 'cli.db'}", f"hydra.run.dir={out}"],
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=cli_env(STYLE_EXP_VERBOSE=verbose), capture_output=True, text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
-    assert completed.stderr == ""
+    if verbose:  # TensorFlow's native start-up lines, and MLflow's note on the new store
+        assert NATIVE_LOG_LINE.search(completed.stderr), completed.stderr
+        assert "INFO mlflow.store" in completed.stderr, completed.stderr
+    else:
+        assert completed.stderr == ""
     assert f"output     {out / 'output.png'}" in completed.stdout  # the end-of-run summary
     assert (out / "output.png").is_file()
     assert (out / "inputs" / "style_demo_0.jpg").is_file()
@@ -178,3 +194,38 @@ def test_tiled_coarse_to_fine_run_is_tracked(compose_config, tmp_path, inputs):
     assert sizes[3] == 48 and sizes[5] == 96  # the 96 px scale ran in tiles of 64
     assert record.data.params["tiles"] == "64"
     assert (tmp_path / "out" / "output.png").is_file()
+
+
+def test_style_scale_sets_the_styles_size(compose_config, tmp_path, inputs):
+    """``style_scale=0.5`` loads each style with its longest side half of ``size``: the
+    style the run used (logged under inputs/) is 24 px for a 48 px output."""
+    content, style = inputs
+    _, run = _run(compose_config, tmp_path, [
+        f"content={content}", f"style={style}", "size=48", "style_scale=0.5", "iterations=1"])
+    run()
+    used = Image.open(tmp_path / "out" / "inputs" / "style_0.jpg")
+    assert max(used.size) == 24  # the 64x64 painting at 0.5 x 48 px
+    assert max(Image.open(tmp_path / "out" / "output.png").size) == 48
+
+
+def _mean_color_distance(image: np.ndarray, reference: np.ndarray) -> float:
+    """How far an image's mean RGB colour is from the reference's (0..255 units)."""
+    return float(np.linalg.norm(image.reshape(-1, 3).mean(0) - reference.reshape(-1, 3).mean(0)))
+
+
+def test_histogram_color_keeps_the_photos_colours(compose_config, tmp_path, inputs):
+    """``color=histogram`` recolours the painting to the photo's colour statistics, so the
+    result's mean colour stays much closer to the photo's than that of the same run with
+    ``color=none``, which takes on the painting's red and yellow (measured: 12 against 61
+    grey levels apart). Both results lose some of the photo's spread to the texture."""
+    content, style = inputs
+    distance = {}
+    for color in ("none", "histogram"):
+        (tmp_path / color).mkdir()
+        _, run = _run(compose_config, tmp_path / color, [
+            f"content={content}", f"style={style}", "size=48", "iterations=30",
+            f"color={color}", "stop.tolerance=0"])
+        run()
+        output = np.asarray(Image.open(tmp_path / color / "out" / "output.png"), np.float32)
+        distance[color] = _mean_color_distance(output, load_image(str(content), 48))
+    assert distance["histogram"] < 0.5 * distance["none"], distance

@@ -8,8 +8,9 @@ import sys
 import time
 from types import SimpleNamespace
 
-from conftest import PROJECT, cli_env, gradient_image, stripes_image, write_image
+from conftest import gradient_image, stripes_image, write_image
 from mlflow.tracking import MlflowClient
+from test_cli import start_endless_run, store_uri
 
 from style_exp import runs
 
@@ -41,18 +42,10 @@ def test_which_runs_count_as_dead():
 
 
 def test_a_run_killed_with_sigkill_is_reaped(tmp_path, capsys):
-    photo = write_image(tmp_path / "photo.png", gradient_image(40, 56))
-    painting = write_image(tmp_path / "painting.png", stripes_image(48, 48))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    process = subprocess.Popen(
-        [sys.executable, str(PROJECT / "run.py"), f"content={photo}", f"style={painting}",
-         "size=32", "iterations=100000", "tracking.log_every=1", "tracking.checkpoint_every=2",
-         "progress=false", f"tracking.uri={uri}", f"hydra.run.dir={tmp_path / 'out'}"],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not (tmp_path / "out" / "checkpoints" / "000002.png").exists():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
+    photos = (write_image(tmp_path / "photo.png", gradient_image(40, 56)),
+              write_image(tmp_path / "painting.png", stripes_image(48, 48)))
+    uri = store_uri(tmp_path)
+    process = start_endless_run(tmp_path, photos, "tracking.log_every=1")
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("style_exp").experiment_id])
     tags = run.data.tags
@@ -62,7 +55,7 @@ def test_a_run_killed_with_sigkill_is_reaped(tmp_path, capsys):
     assert runs.main(["reap", "--tracking-uri", uri]) == 0  # alive: left alone
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.communicate()
     capsys.readouterr()
     assert runs.main(["reap", "--tracking-uri", uri]) == 0
     assert capsys.readouterr().out.endswith("1 run(s) marked FAILED\n")
