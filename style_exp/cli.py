@@ -39,7 +39,8 @@ FULL_ERROR = "HYDRA_FULL_ERROR"
 VERBOSE = "STYLE_EXP_VERBOSE"
 # Set by main() for its jobs (and a launcher's worker processes): print errors briefly.
 BRIEF = "STYLE_EXP_BRIEF_ERRORS"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# Each handler is reset after its first signal, so a second one ends the process at once.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # MLflow's own defaults retry a dead server for minutes; a run fails sooner instead.
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -49,7 +50,7 @@ USAGE_ERRORS = (ConfigCompositionException, MissingConfigException, OverridePars
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where Ctrl-C would be, so the run stops the same way."""
+    """Ctrl-C, SIGTERM or SIGHUP, raised as Ctrl-C would be, so the run stops the same way."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
