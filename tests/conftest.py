@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -83,3 +84,37 @@ def write_image(path: Path, image: np.ndarray) -> Path:
 
     Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
     return path
+
+
+@pytest.fixture
+def photos(tmp_path) -> tuple[Path, Path]:
+    """A tiny photo and painting on disk, for runs through ``run.py``."""
+    return (write_image(tmp_path / "photo.png", gradient_image(40, 56)),
+            write_image(tmp_path / "painting.jpg", stripes_image(48, 48)))
+
+
+def store_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+# For tests that signal or kill a run still optimising: the stop rule off, Adam (L-BFGS
+# also ends once no step lowers the loss) and more steps than any test waits for, so
+# only a signal ends the run.
+ENDLESS = ("optimizer=adam", "stop.tolerance=0", "iterations=100000")
+
+
+def start_endless_run(tmp_path: Path, photos: tuple[Path, Path],
+                      *extra: str) -> subprocess.Popen:
+    """A run on tiny images that cannot end on its own, returned once it is optimising
+    (its output in ``tmp_path/out``, its store at ``store_uri(tmp_path)``)."""
+    photo, painting = photos
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT / "run.py"), f"content={photo}", f"style={painting}",
+         "size=32", *ENDLESS, "tracking.checkpoint_every=2", "progress=false",
+         f"tracking.uri={store_uri(tmp_path)}", f"hydra.run.dir={tmp_path / 'out'}", *extra],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "out" / "checkpoints" / "000002.png").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    return process

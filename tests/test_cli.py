@@ -9,21 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, cli_env, gradient_image, run_cli, stripes_image, write_image
+from conftest import PROJECT, cli_env, run_cli, start_endless_run, store_uri
 from mlflow.tracking import MlflowClient
 
 from style_exp import memory, runs
 from style_exp.device import FROZEN_WEIGHTS_ENV, host_precision
-
-
-@pytest.fixture
-def photos(tmp_path):
-    return (write_image(tmp_path / "photo.png", gradient_image(40, 56)),
-            write_image(tmp_path / "painting.jpg", stripes_image(48, 48)))
-
-
-def store_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
 
 
 def _error_lines(done):
@@ -121,29 +111,6 @@ def test_a_run_that_does_not_fit_in_memory_is_refused_up_front(tmp_path, photos)
     assert hint.startswith("hint: size=")
     # precision=auto runs bfloat16 already where the CPU has it; elsewhere it is suggested
     assert ("precision=bfloat16 with size=" in hint) is (host_precision("auto") == "float32")
-
-
-# For tests that signal or kill a run still optimising: the stop rule off, Adam (L-BFGS
-# also ends once no step lowers the loss) and more steps than any test waits for, so
-# only a signal ends the run.
-ENDLESS = ("optimizer=adam", "stop.tolerance=0", "iterations=100000")
-
-
-def start_endless_run(tmp_path: Path, photos: tuple[Path, Path],
-                      *extra: str) -> subprocess.Popen:
-    """A run on tiny images that cannot end on its own, returned once it is optimising
-    (its output in ``tmp_path/out``, its store at ``store_uri(tmp_path)``)."""
-    photo, painting = photos
-    process = subprocess.Popen(
-        [sys.executable, str(PROJECT / "run.py"), f"content={photo}", f"style={painting}",
-         "size=32", *ENDLESS, "tracking.checkpoint_every=2", "progress=false",
-         f"tracking.uri={store_uri(tmp_path)}", f"hydra.run.dir={tmp_path / 'out'}", *extra],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not (tmp_path / "out" / "checkpoints" / "000002.png").exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.2)
-    return process
 
 
 def _only_run(tmp_path):

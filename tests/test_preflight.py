@@ -6,19 +6,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import gradient_image, stripes_image, write_image
+from conftest import gradient_image
 from PIL import Image
 
 from style_exp import memory, preflight
 from style_exp.errors import RunFailure, UserError
 from style_exp.images import MIN_SIDE, ImageError, fitted_size, image_size
 from style_exp.memory import Budget, Workload, activation_elements, estimate_bytes
-
-
-@pytest.fixture
-def photos(tmp_path):
-    return (write_image(tmp_path / "photo.png", gradient_image(40, 56)),
-            write_image(tmp_path / "painting.jpg", stripes_image(48, 48)))
 
 
 def test_header_sizes_follow_exif_rotation_and_odd_files_fail_by_name(tmp_path):

@@ -8,9 +8,8 @@ import sys
 import time
 from types import SimpleNamespace
 
-from conftest import gradient_image, stripes_image, write_image
+from conftest import start_endless_run, store_uri
 from mlflow.tracking import MlflowClient
-from test_cli import start_endless_run, store_uri
 
 from style_exp import runs
 
@@ -41,9 +40,7 @@ def test_which_runs_count_as_dead():
     assert "unknown host" in runs.why_dead(_run({}, now - 7200))  # from before these tags
 
 
-def test_a_run_killed_with_sigkill_is_reaped(tmp_path, capsys):
-    photos = (write_image(tmp_path / "photo.png", gradient_image(40, 56)),
-              write_image(tmp_path / "painting.png", stripes_image(48, 48)))
+def test_a_run_killed_with_sigkill_is_reaped(tmp_path, photos, capsys):
     uri = store_uri(tmp_path)
     process = start_endless_run(tmp_path, photos, "tracking.log_every=1")
     client = MlflowClient(uri)
