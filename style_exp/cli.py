@@ -31,8 +31,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from style_exp import stopping
 from style_exp.config import default_tracking_uri, overridden_keys, with_demo_defaults
 from style_exp.errors import Reported
+from style_exp.stopping import Terminated
 
 USAGE, FAILURE = 2, 1
 FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -47,14 +49,6 @@ MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
 TRACKING_MODULES = ("mlflow", "sqlalchemy", "sqlite3", "alembic", "requests", "urllib3")
 USAGE_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException,
                 OmegaConfBaseException)
-
-
-class Terminated(KeyboardInterrupt):
-    """Ctrl-C, SIGTERM or SIGHUP, raised as Ctrl-C would be, so the run stops the same way."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 class JobFailed(Exception):
@@ -127,7 +121,7 @@ def _run(hydra_main: Callable[[], None]) -> None:
 
 def _stop(signum: int, _frame: object) -> None:
     signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
-    raise Terminated(signum)
+    raise stopping.request(signum)
 
 
 def run_job(cfg: DictConfig) -> None:

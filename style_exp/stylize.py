@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 import tensorflow as tf
 
+from style_exp import stopping
 from style_exp.errors import RunFailure
 from style_exp.images import resize, resize_longest
 from style_exp.losses import LossWeights, Targets, gram_matrix, loss_terms
@@ -348,6 +349,7 @@ def _run_adam(settings: AdamSettings, objective: Objective, init: np.ndarray, it
     stop_reason = "iterations"
     try:
         for i in range(1, iterations + 1):
+            stopping.raise_if_requested()
             terms, lr = loop.step(objective.targets)
             if reporter.wants(i):
                 metrics = {f"loss/{name}": float(value) for name, value in terms.items()}
@@ -463,6 +465,7 @@ def _run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
     stop_reason = "iterations"
     try:
         for i in range(1, iterations + 1):
+            stopping.raise_if_requested()
             outcome = line_search()
             if outcome is None and int(lbfgs.stored) > 0:
                 loop.restart()

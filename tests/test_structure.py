@@ -16,7 +16,8 @@ from style_exp.init import InitSettings
 from style_exp.settings import OPTIMIZERS, VideoSettings
 
 ENGINE = ["errors", "images", "color", "settings", "init", "weights", "vgg", "losses", "optim",
-          "stylize", "tiles", "flow", "videoio", "video", "device", "demo", "memory", "quality"]
+          "stylize", "tiles", "flow", "videoio", "video", "device", "demo", "memory", "quality",
+          "stopping"]
 
 
 @pytest.mark.parametrize("group, option, settings", [

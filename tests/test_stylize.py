@@ -1,11 +1,13 @@
 """The loop used as a library: no Hydra, no MLflow."""
 
 import re
+import signal
 
 import numpy as np
 import pytest
 from conftest import gradient_image, stripes_image, write_image
 
+from style_exp import stopping
 from style_exp.images import MIN_SIDE, load_image
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings
@@ -96,6 +98,30 @@ def test_interrupt_keeps_best_image(problem, network):
     assert seen[best][0] < seen[1][0]  # the loss fell: the best image is not the start
     np.testing.assert_array_equal(result.image, seen[best - 1][1])
     assert not np.array_equal(result.image, seen[10][1])
+
+
+@pytest.mark.parametrize("optimizer", [AdamSettings(), LBFGSSettings()],
+                         ids=["adam", "lbfgs"])
+def test_a_stop_python_dropped_is_raised_by_the_loop_at_its_next_step(problem, network,
+                                                                      optimizer):
+    """A signal handler's exception raised inside a weakref callback or ``__del__`` is
+    printed and dropped by Python; the recorded request must still stop the loop, through
+    its own handler (best image kept), with the signal that asked for it."""
+    def dropped_while_reporting(event):
+        if event.step == 3:
+            stopping.request(signal.SIGTERM)  # recorded; the exception itself was lost
+
+    try:
+        with pytest.raises(Interrupted) as caught:
+            stylize(problem, network, _noise(problem.content.shape), optimizer, 100,
+                    log_every=1, callback=dropped_while_reporting, stop=NEVER_STOP)
+    finally:
+        stopping.clear()
+    result = caught.value.result
+    assert result.interrupted and result.steps == 3  # stopped before step 4's update
+    assert isinstance(caught.value.__cause__, stopping.Terminated)
+    assert caught.value.__cause__.signum == signal.SIGTERM
+    stylize(problem, network, _noise(problem.content.shape), optimizer, 2, log_every=1)
 
 
 def test_a_loss_that_becomes_nan_fails_at_once_saying_so(problem, network):

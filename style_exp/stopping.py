@@ -1,0 +1,40 @@
+"""A stop asked for by a signal: raised at once, and again by the loop if Python lost it.
+
+The command line's handler (``cli.py``) raises :class:`Terminated` where the signal
+lands. Python drops an exception raised while the main thread runs a weakref callback
+or a ``__del__`` (it prints "Exception ignored in ..."), which TensorFlow's eager code
+does all the time, so the request is also recorded and the optimisation loops raise it
+at their next step: a stop is never lost, and it always reaches the loop's own handler,
+which keeps the best image. Imports nothing heavy, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import signal
+
+_requested: list[int] = []
+
+
+class Terminated(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP, raised as Ctrl-C would be, so the run stops the same way."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def request(signum: int) -> Terminated:
+    """Record a stop asked for by ``signum``; the exception to raise for it now."""
+    _requested.append(signum)
+    return Terminated(signum)
+
+
+def raise_if_requested() -> None:
+    """Raise the recorded stop (once one was asked for, every call raises it)."""
+    if _requested:
+        raise Terminated(_requested[0])
+
+
+def clear() -> None:
+    """Forget the recorded stop: for a process that goes on after one (tests)."""
+    _requested.clear()
