@@ -313,6 +313,9 @@ def validate(cfg: DictConfig | Config) -> None:
             isinstance(cfg.tiles, int) and cfg.tiles >= MIN_TILE)):
         raise ConfigError(f"must be 0 (off), auto or a side of at least {MIN_TILE} px, "
                           f"got {cfg.tiles!r}", "tiles")
+    if cfg.determinism and cfg.xla and cfg.model.pooling == "max":
+        raise ConfigError("XLA has no deterministic gradient of max pooling", "xla",
+                          "use xla=false, or model.pooling=avg")
     _validate_video(cfg)
     styles = style_paths(cfg.style)
     named = [("content", cfg.content), *((f"style[{i}]", p) for i, p in enumerate(styles))]

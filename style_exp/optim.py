@@ -189,9 +189,13 @@ class LBFGS(tf.Module):
         i = self.stored % self.settings.history_size
 
         def store() -> tf.Tensor:
-            self.s[i].assign(tf.cast(tf.reshape(step, (-1,)), self.s.dtype))
-            self.y[i].assign(tf.cast(tf.reshape(gradient_change, (-1,)), self.y.dtype))
-            self.rho[i].assign(1.0 / curvature)
+            # Scatter updates: XLA (xla=true) compiles them at a run-time slot, which a
+            # sliced assignment (``self.s[i].assign``) it refuses.
+            slot = tf.reshape(i, (1,))
+            for memory, pair in ((self.s, step), (self.y, gradient_change)):
+                memory.scatter_update(tf.IndexedSlices(
+                    tf.cast(tf.reshape(pair, (1, -1)), memory.dtype), slot))
+            self.rho.scatter_update(tf.IndexedSlices(tf.reshape(1.0 / curvature, (1,)), slot))
             self.gamma.assign(curvature / scaled_change)
             return self.stored.assign_add(1)
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT, gradient_image, stripes_image
+from conftest import PROJECT, cli_env, gradient_image, stripes_image
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from style_exp import app, cluster, compare, reproduce, server, video
+from style_exp import app, cluster, compare, server, video
 from style_exp.config import ConfigError
 from style_exp.labels import sweep_id
 from style_exp.videoio import write_video
@@ -312,7 +312,14 @@ def test_compare_and_reproduce_work_against_the_server(client_env, ray_sweep, tm
     assert (tmp_path / "compare" / "contact_sheet.png").is_file()
     _, runs = experiment_runs(client_env.url)
     original = next(r for r in runs if r.data.tags.get("sweep.seed") == "0")
-    assert reproduce.main([original.info.run_id, "--out", str(tmp_path / "again")]) == 0
+    # A process of its own, as a user runs it: determinism=true switches TensorFlow's
+    # deterministic ops on for the whole process, for good, which would reach later tests.
+    done = subprocess.run(
+        [sys.executable, "-m", "style_exp.reproduce", original.info.run_id,
+         "--out", str(tmp_path / "again")], cwd=PROJECT, env=cli_env(),
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "identical:" in done.stdout
     _, after = experiment_runs(client_env.url, query=f"tags.reproduces = '{original.info.run_id}'")
     assert len(after) == 1 and after[0].info.status == "FINISHED"
 

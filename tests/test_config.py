@@ -75,6 +75,7 @@ def test_schema_rejects_wrong_types(compose_config):
     ("stop.window=0", r"must be positive, got 0 \(stop.window\)"),
     ("stop.tolerance=-0.1", r"must be non-negative, got -0.1 \(stop.tolerance\)"),
     ("precision=half", r"must be one of \('auto', 'float32'.* \(precision\)"),
+    ("determinism=true xla=true", r"XLA has no deterministic gradient of max pooling \(xla\)"),
 ])
 def test_bad_values_name_the_key(compose_config, override, message):
     with pytest.raises(ConfigError, match=message):

@@ -10,6 +10,7 @@ from conftest import gradient_image, stripes_image
 from style_exp.config import ConfigError, validate
 from style_exp.losses import LossWeights, loss_terms
 from style_exp.optim import AdamSettings
+from style_exp.settings import LBFGSSettings
 from style_exp.stylize import Problem, Result, build_network, compute_targets, stylize
 from style_exp.vgg import VGG19Features
 from style_exp.weights import IMAGENET_MEAN_RGB
@@ -76,6 +77,18 @@ def test_xla_step_is_compiled_by_xla_and_matches_the_plain_step(weights, problem
     with pytest.raises(ValueError, match="jit_compile"):
         plain_steps[0].experimental_get_compiler_ir(targets)
     assert compiled.metrics["loss/total"] == pytest.approx(plain.metrics["loss/total"], rel=1e-3)
+
+
+def test_lbfgs_step_compiles_with_xla_and_matches_the_plain_step(weights, problem):
+    """L-BFGS's step writes its memory at a slot known only at run time, which XLA
+    compiles only as a scatter: ``xla=true`` must work with the default optimiser."""
+    network = build_network(weights, LOSS, "max")
+    init = _noise(problem.content.shape)
+    runs = [stylize(problem, network, init, LBFGSSettings(), 5, log_every=5, jit_compile=jit)
+            for jit in (True, False)]
+    assert runs[0].steps == runs[1].steps == 5
+    assert runs[0].metrics["loss/total"] == pytest.approx(runs[1].metrics["loss/total"],
+                                                          rel=1e-2)
 
 
 def test_the_step_is_traced_once(weights, problem, monkeypatch):
