@@ -109,7 +109,8 @@ def serve_steps(size: int, precision: str, content: str, style: str) -> None:
     """This project's Adam loop as a step server: ``ready``, then K steps per stdin line."""
     from style_exp import device
     from style_exp.optim import AdamSettings
-    from style_exp.stylize import Progress, stylize
+    from style_exp.progress import Progress
+    from style_exp.stylize import stylize
 
     device.configure()
     problem, network, init = seed_problem(size, precision, content, style)

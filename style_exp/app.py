@@ -24,8 +24,9 @@ from style_exp.console import ProgressBar, run_summary
 from style_exp.images import file_sha256, resize_longest, save_image
 from style_exp.job import Job, prepare
 from style_exp.labels import quality_text, run_name, run_note
+from style_exp.progress import Interrupted, Progress, Result
 from style_exp.runs import liveness_tags, reap
-from style_exp.stylize import Interrupted, Progress, Result, stylize_scales
+from style_exp.stylize import stylize_scales
 from style_exp.tracking import (
     NOTE_TAG,
     OUTPUT_IMAGES,

@@ -16,16 +16,13 @@ from omegaconf import DictConfig
 from style_exp.config import default_tracking_uri
 from style_exp.console import compare_command, sweep_summary
 from style_exp.labels import sweep_id
+from style_exp.tracking import dashboard_url, experiment_id, sweep_run_count, ui_command
 
 
 class SweepSummary(Callback):
     """Prints the sweep id, a ready-to-paste compare command and the dashboard link."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        # Imported here: the launching process of a parallel sweep need not load
-        # TensorFlow (which tracking.py brings) before its jobs are done.
-        from style_exp.tracking import dashboard_url, experiment_id, sweep_run_count, ui_command
-
         sweep = sweep_id(Path(config.hydra.sweep.dir))
         uri = config.tracking.uri or default_tracking_uri()
         experiment = experiment_id(uri, config.tracking.experiment)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from style_exp.config import TrackingConfig
-
-if TYPE_CHECKING:  # only annotations: the sweep's launching process needs no TensorFlow
-    from style_exp.stylize import Progress
+from style_exp.progress import Progress
 
 
 class ProgressBar:

@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 from style_exp.config import NO_EFFECT_KEYS
 from style_exp.images import to_uint8
 from style_exp.labels import sweep_id
+from style_exp.progress import Interrupted, Progress
 from style_exp.runs import heartbeat
-from style_exp.stylize import Interrupted, Progress
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # MLflow's UI opens an experiment of this kind on its runs, not on the GenAI overview.

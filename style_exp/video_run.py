@@ -22,7 +22,7 @@ from style_exp.config import NO_EFFECT_KEYS
 from style_exp.console import ProgressBar
 from style_exp.images import save_image
 from style_exp.job import Job
-from style_exp.stylize import Progress
+from style_exp.progress import Progress
 from style_exp.tracking import MetricsLogger
 from style_exp.video import Frame, FrameStore, clip_summary, stylize_video
 from style_exp.videoio import Clip, write_preview, write_video

@@ -15,8 +15,8 @@ from style_exp.init import InitSettings, initial_image
 from style_exp.job import prepare
 from style_exp.losses import LossWeights
 from style_exp.optim import LBFGS, AdamSettings, LBFGSSettings, learning_rate
+from style_exp.progress import Interrupted
 from style_exp.stylize import (
-    Interrupted,
     Problem,
     build_network,
     compute_targets,

@@ -14,7 +14,7 @@ from PIL import Image
 from style_exp import app
 from style_exp.config import with_demo_defaults
 from style_exp.images import ImageError, load_image
-from style_exp.stylize import NoProgress
+from style_exp.progress import NoProgress
 from style_exp.tracking import MetricsLogger
 
 LOSS_KEYS = {"loss/total", "loss/content", "loss/style", "loss/tv"}

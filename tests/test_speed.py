@@ -10,8 +10,9 @@ from conftest import gradient_image, stripes_image
 from style_exp.config import ConfigError, validate
 from style_exp.losses import LossWeights, loss_terms
 from style_exp.optim import AdamSettings
+from style_exp.progress import Result
 from style_exp.settings import LBFGSSettings
-from style_exp.stylize import Problem, Result, build_network, compute_targets, stylize
+from style_exp.stylize import Problem, build_network, compute_targets, stylize
 from style_exp.vgg import VGG19Features
 from style_exp.weights import IMAGENET_MEAN_RGB
 

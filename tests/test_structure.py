@@ -17,7 +17,7 @@ from style_exp.settings import OPTIMIZERS, VideoSettings
 
 ENGINE = ["errors", "images", "color", "settings", "init", "weights", "vgg", "losses", "optim",
           "stylize", "tiles", "flow", "videoio", "video", "device", "demo", "memory", "quality",
-          "stopping"]
+          "stopping", "progress"]
 
 
 @pytest.mark.parametrize("group, option, settings", [
@@ -78,6 +78,16 @@ def test_engine_imports_neither_mlflow_nor_hydra():
     loaded = _modules_loaded_by("\n".join(f"import style_exp.{name}" for name in ENGINE))
     assert "tensorflow" in loaded  # the check sees what the engine pulls in
     assert not loaded & {"mlflow", "hydra", "omegaconf"}
+
+
+def test_tracking_console_and_sweep_modules_load_no_tensorflow():
+    """A parallel sweep's launching process prints the summary through these: loading
+    TensorFlow there cost seconds after the last job and put its start-up lines on the
+    console."""
+    modules = ["tracking", "callbacks", "cluster", "console", "labels", "runs", "progress"]
+    loaded = _modules_loaded_by("\n".join(f"import style_exp.{name}" for name in modules))
+    assert "mlflow" in loaded  # the check sees what these modules pull in
+    assert "tensorflow" not in loaded
 
 
 def test_config_validation_needs_no_tensorflow():

@@ -11,16 +11,9 @@ from style_exp import stopping
 from style_exp.images import MIN_SIDE, load_image
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings
+from style_exp.progress import RISE_LIMIT, Interrupted, NoProgress
 from style_exp.settings import NEVER_STOP, LBFGSSettings, StopSettings
-from style_exp.stylize import (
-    RISE_LIMIT,
-    Interrupted,
-    NoProgress,
-    Problem,
-    Workspace,
-    build_network,
-    stylize,
-)
+from style_exp.stylize import Problem, Workspace, build_network, stylize
 from style_exp.weights import IMAGENET_MEAN_RGB
 
 LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},

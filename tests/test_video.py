@@ -17,8 +17,9 @@ from style_exp.flow import consistency_mask, optical_flow, temporal_error, warp
 from style_exp.images import to_uint8
 from style_exp.losses import LossWeights
 from style_exp.optim import AdamSettings
+from style_exp.progress import Result
 from style_exp.settings import VideoSettings
-from style_exp.stylize import Problem, Result, build_network
+from style_exp.stylize import Problem, build_network
 from style_exp.video import FrameStore, Motion, stylize_video
 from style_exp.videoio import VideoError, open_clip, write_video
 from style_exp.weights import IMAGENET_MEAN_RGB
