@@ -1,13 +1,15 @@
 """Entry point: `python run.py [key=value ...]` (see README.md; exit codes: style_exp/cli.py)."""
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from style_exp import cli
-from style_exp.cluster import export_project_path
+from style_exp.cluster import export_project_path, register_launchers
 from style_exp.config import register_schemas
 
 register_schemas()
+register_launchers(ConfigStore.instance())
 export_project_path()
 
 

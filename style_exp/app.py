@@ -27,6 +27,7 @@ from style_exp.labels import quality_text, run_name, run_note
 from style_exp.progress import Interrupted, Progress, Result
 from style_exp.runs import liveness_tags, reap
 from style_exp.stylize import stylize_scales
+from style_exp.sweeps import sweep_tags, swept_values
 from style_exp.tracking import (
     NOTE_TAG,
     OUTPUT_IMAGES,
@@ -38,8 +39,6 @@ from style_exp.tracking import (
     log_image,
     plot_losses,
     run_params,
-    sweep_tags,
-    swept_values,
     tracked_run,
     ui_command,
 )

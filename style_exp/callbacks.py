@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from style_exp.config import default_tracking_uri
 from style_exp.console import compare_command, sweep_summary
-from style_exp.labels import sweep_id
+from style_exp.sweeps import sweep_id
 from style_exp.tracking import dashboard_url, experiment_id, sweep_run_count, ui_command
 
 

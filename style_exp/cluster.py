@@ -23,6 +23,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.config_source import ConfigLoadError
 from omegaconf import OmegaConf
 
+from style_exp.settings import ConfigError
+from style_exp.sweeps import SWEEP_ENV, sweep_id, swept_keys
+
 # Driver environment variables a worker needs: where and as whom to log, the weights
 # cache, and how much TensorFlow may print.
 FORWARDED = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
@@ -30,7 +33,6 @@ FORWARDED = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING
              "TF_CPP_MIN_LOG_LEVEL")
 SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 RAY_LAUNCHER_LOGGER = "hydra_plugins.hydra_ray_launcher._launcher_util"  # logs ray.init's config
-SWEEP_ENV = "STYLE_EXP_SWEEP"  # {"id": ..., "swept": [...]}, computed by the driver
 PRESETS = Path(__file__).resolve().parent / "launchers"  # <plugin preset name>.yaml
 
 
@@ -66,9 +68,6 @@ def worker_env(sweep_dir: str, command_line: list[str],
     The workers may not see the driver's sweep directory (no shared disk, or Ray
     running them in another directory), so its id and swept keys travel with them.
     """
-    from style_exp.labels import sweep_id
-    from style_exp.tracking import swept_keys
-
     env = {name: os.environ[name] for name in FORWARDED if os.environ.get(name)}
     swept = swept_keys(list(command_line), sweeper_params)
     env[SWEEP_ENV] = json.dumps({"id": sweep_id(Path(sweep_dir)), "swept": sorted(swept)})
@@ -89,15 +88,6 @@ class RedactSecrets(logging.Filter):
                 message = message.replace(os.environ[name], "***")
         record.msg, record.args = message, ()
         return True
-
-
-def driver_sweep() -> tuple[str, set[str]] | None:
-    """The sweep's id and swept keys as the driver sent them, if this job came from one."""
-    text = os.environ.get(SWEEP_ENV)
-    if not text:
-        return None
-    sent = json.loads(text)
-    return sent["id"], set(sent["swept"])
 
 
 def allotted_cpus() -> int | None:
@@ -132,8 +122,6 @@ def without_credentials(uri: str | None) -> str | None:
     Credentials belong in MLFLOW_TRACKING_USERNAME/PASSWORD (``DIR/client.env``).
     """
     from urllib.parse import urlsplit
-
-    from style_exp.config import ConfigError
 
     if uri and urlsplit(uri).password is not None:
         raise ConfigError("tracking.uri must not contain a password: set "

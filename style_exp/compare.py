@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw, ImageFont
 from style_exp.config import TrackingConfig, default_tracking_uri
 from style_exp.labels import SEPARATOR, swept_text
 from style_exp.quality import CONTENT_DISTANCE, STYLE_DISTANCE
+from style_exp.sweeps import swept_values
 from style_exp.tables import write_tables
-from style_exp.tracking import swept_values
 
 CELL = 192  # px, longest side of each image on the sheet
 INPUT_CELL = 128  # px, longest side of each input on the sheet

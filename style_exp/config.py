@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from style_exp.cluster import register_launchers
 from style_exp.color import COLOR_MODES
 from style_exp.init import InitSettings
 from style_exp.settings import (
@@ -139,7 +138,8 @@ class Config:
 
 def register_schemas() -> None:
     """Make the schemas available to the YAML files in ``conf/`` via their defaults lists,
-    and the list of config groups to ``--help``."""
+    and the list of config groups to ``--help``. (The launcher presets are registered
+    by ``run.py``: ``cluster.register_launchers``.)"""
     OmegaConf.register_new_resolver("style_exp.groups", config_groups, replace=True)
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
@@ -149,7 +149,6 @@ def register_schemas() -> None:
         store.store(group="optimizer", name=f"{name}_schema", node=optimizer_schema(name, settings))
     store.store(group="init", name="init_schema", node=InitSettings)
     store.store(group="video", name="video_schema", node=VideoConfig)
-    register_launchers(store)
 
 
 def config_groups(chosen: Mapping[str, Any]) -> str:

@@ -8,7 +8,6 @@ MLflow, no TensorFlow.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,6 @@ from style_exp.config import style_paths
 from style_exp.demo import DEMO_PHOTO, PAINTING_NAMES
 
 SEPARATOR = " · "
-
-
-def sweep_id(sweep_dir: Path) -> str:
-    """The id every job of one sweep shares: its Hydra sweep directory, made readable.
-
-    Hydra's sweep directory is the one thing all jobs of a sweep know whatever the
-    launcher (separate processes included); a short hash of its full path keeps two
-    sweeps started in the same second in different places apart.
-    """
-    resolved = sweep_dir.resolve()
-    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:6]
-    return f"{resolved.parent.name}_{resolved.name}-{digest}"
 
 
 def input_names(content: str | None, style: Any, demo_styles: int) -> tuple[str, list[str]]:

@@ -22,7 +22,6 @@ from mlflow.tracking import MlflowClient
 
 from style_exp.config import NO_EFFECT_KEYS
 from style_exp.images import to_uint8
-from style_exp.labels import sweep_id
 from style_exp.progress import Interrupted, Progress
 from style_exp.runs import heartbeat
 
@@ -88,50 +87,6 @@ def library_versions() -> dict[str, str]:
 
     packages = ("tensorflow", "numpy", "scipy", "pillow", "mlflow", "hydra-core", "omegaconf")
     return {"python": platform.python_version(), **{name: version(name) for name in packages}}
-
-
-def sweep_tags(sweep_dir: Path, job_number: int, job_overrides: list[str]) -> dict[str, str]:
-    """Tags that group one sweep's runs and carry each run's swept values.
-
-    A job on a cluster gets the sweep's identity from the driver (see ``cluster``);
-    elsewhere it reads it from the sweep directory.
-    """
-    from style_exp.cluster import driver_sweep
-
-    sweep_id, swept = driver_sweep() or sweep_identity(sweep_dir)
-    tags = {"sweep_id": sweep_id, "sweep.job": str(job_number)}
-    for override in job_overrides:
-        key, _, value = override.partition("=")
-        if key.lstrip("+~") in swept:
-            tags[f"sweep.{key.lstrip('+~')}"] = value
-    return tags
-
-
-def sweep_identity(sweep_dir: Path) -> tuple[str, set[str]]:
-    """The sweep's id and swept keys, read back from the ``multirun.yaml`` Hydra writes in
-    the sweep directory before the first job starts."""
-    from omegaconf import OmegaConf
-
-    multirun = sweep_dir / "multirun.yaml"
-    if not multirun.is_file():
-        return sweep_id(sweep_dir), set()
-    hydra = OmegaConf.load(multirun).hydra
-    return sweep_id(sweep_dir), swept_keys(list(hydra.overrides.task),
-                                           hydra.sweeper.get("params"))
-
-
-def swept_keys(command_line: list[str], sweeper_params: Mapping[str, Any] | None) -> set[str]:
-    """The keys the sweep's command line (or the sweeper's params) gave several values."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(command_line)
-    return {o.key_or_group for o in parsed if o.is_sweep_override()} | set(sweeper_params or {})
-
-
-def swept_values(tags: Mapping[str, str]) -> dict[str, str]:
-    """A run's swept values from its ``sweep.<key>`` tags, by key."""
-    return {key.removeprefix("sweep."): value for key, value in tags.items()
-            if key.startswith("sweep.") and key != "sweep.job"}
 
 
 def run_params(config: Mapping[str, Any], given: list[str]) -> dict[str, Any]:

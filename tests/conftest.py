@@ -13,7 +13,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 
+from style_exp.cluster import register_launchers
 from style_exp.config import register_schemas
 from style_exp.weights import VGGWeights, load_weights
 
@@ -21,6 +23,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 SHARED_IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", PROJECT.parent / "shared" / "images"))
 
 register_schemas()
+register_launchers(ConfigStore.instance())  # as run.py does
 
 pytest_plugins = ["no_skips"]  # .ci/run: a skipped test fails
 

@@ -30,7 +30,7 @@ from PIL import Image
 
 from style_exp import app, cluster, compare, server, video
 from style_exp.config import ConfigError
-from style_exp.labels import sweep_id
+from style_exp.sweeps import sweep_id
 from style_exp.videoio import write_video
 from style_exp.weights import default_cache_dir
 

@@ -21,7 +21,7 @@ import pytest
 from conftest import PROJECT
 
 from style_exp import server as team_server
-from style_exp.labels import sweep_id
+from style_exp.sweeps import sweep_id
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As root in CI: no sandbox; no background connections (the network is closed here).

@@ -7,7 +7,8 @@ from pathlib import Path
 from conftest import PROJECT
 
 from style_exp.console import compare_command, run_summary, sweep_summary
-from style_exp.labels import run_name, short_keys, sweep_id
+from style_exp.labels import run_name, short_keys
+from style_exp.sweeps import sweep_id
 from style_exp.tracking import dashboard_url, run_params, ui_command
 
 

@@ -1,5 +1,6 @@
 """The architecture's rules: one source per default, every config option composes, layers."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -84,10 +85,50 @@ def test_tracking_console_and_sweep_modules_load_no_tensorflow():
     """A parallel sweep's launching process prints the summary through these: loading
     TensorFlow there cost seconds after the last job and put its start-up lines on the
     console."""
-    modules = ["tracking", "callbacks", "cluster", "console", "labels", "runs", "progress"]
+    modules = ["tracking", "callbacks", "cluster", "console", "labels", "runs", "progress",
+               "sweeps"]
     loaded = _modules_loaded_by("\n".join(f"import style_exp.{name}" for name in modules))
     assert "mlflow" in loaded  # the check sees what these modules pull in
     assert "tensorflow" not in loaded
+
+
+def _project_imports() -> dict[str, set[str]]:
+    """Which of the package's modules each module imports, wherever in the file (an
+    import inside a function only hides a cycle until that function runs)."""
+    package = PROJECT / "style_exp"
+    names = {path.stem for path in package.glob("*.py")} - {"__init__"}
+    graph = {}
+    for name in names:
+        found = set()
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "style_exp":
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("style_exp."):
+                found.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[1] for alias in node.names
+                          if alias.name.startswith("style_exp.")}
+        graph[name] = found & names - {name}
+    return graph
+
+
+def test_no_import_cycle_among_the_packages_modules():
+    """Each module builds on ones that do not need it back, so layers can be told apart."""
+    graph, done, path = _project_imports(), set(), []
+
+    def visit(name: str) -> None:
+        assert name not in path, "import cycle: " + " -> ".join([*path[path.index(name):], name])
+        if name in done:
+            return
+        path.append(name)
+        for imported in sorted(graph[name]):
+            visit(imported)
+        path.pop()
+        done.add(name)
+
+    assert graph["cluster"] and graph["app"]  # the check sees the imports
+    for name in sorted(graph):
+        visit(name)
 
 
 def test_config_validation_needs_no_tensorflow():
