@@ -103,6 +103,7 @@ def _run(hydra_main: Callable[[], None]) -> None:
     if brief:
         os.environ[BRIEF] = "1"
         os.environ[FULL_ERROR] = "1"  # Hydra re-raises, rather than printing a traceback
+    stopping.quiet_lost_stops()
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop)
     try:

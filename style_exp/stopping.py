@@ -5,12 +5,15 @@ lands. Python drops an exception raised while the main thread runs a weakref cal
 or a ``__del__`` (it prints "Exception ignored in ..."), which TensorFlow's eager code
 does all the time, so the request is also recorded and the optimisation loops raise it
 at their next step: a stop is never lost, and it always reaches the loop's own handler,
-which keeps the best image. Imports nothing heavy, so every layer may use it.
+which keeps the best image. :func:`quiet_lost_stops` keeps Python from printing a
+traceback for the dropped copy, so the console shows the one "stopped by" line. Imports
+nothing heavy, so every layer may use it.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 
 _requested: list[int] = []
 
@@ -38,3 +41,14 @@ def raise_if_requested() -> None:
 def clear() -> None:
     """Forget the recorded stop: for a process that goes on after one (tests)."""
     _requested.clear()
+
+
+def quiet_lost_stops() -> None:
+    """Print nothing for a stop Python dropped (it was recorded): other losses as before."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if not isinstance(unraisable.exc_value, Terminated):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
