@@ -4,9 +4,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from style_exp import cli
-from style_exp.cluster import export_project_path, register_launchers
-from style_exp.config import register_schemas
+from style_exp.app import cli
+from style_exp.app.schema import register_schemas
+from style_exp.cluster.launchers import export_project_path, register_launchers
 
 register_schemas()
 register_launchers(ConfigStore.instance())

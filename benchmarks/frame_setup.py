@@ -16,13 +16,13 @@ import statistics
 from pathlib import Path
 
 from benchmarks.video import IMAGES, make_clips
-from style_exp import device
-from style_exp.images import load_image
-from style_exp.losses import LossWeights
-from style_exp.settings import NEVER_STOP, LBFGSSettings
-from style_exp.stylize import Problem, Workspace, build_network, stylize
-from style_exp.tables import write_tables
-from style_exp.weights import load_weights
+from style_exp.app.tables import write_tables
+from style_exp.engine import device
+from style_exp.engine.images import load_image
+from style_exp.engine.losses import LossWeights
+from style_exp.engine.stylize import Problem, Workspace, build_network, stylize
+from style_exp.engine.weights import load_weights
+from style_exp.spec.settings import NEVER_STOP, LBFGSSettings
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@
 Each size is a real `python run.py` in a fresh process (a few iterations on
 stata.jpg in the style of starry_night.jpg from ``$STYLE_EXP_IMAGES``); its peak
 resident memory comes from the kernel (``wait4``'s ru_maxrss) and is set against
-``style_exp.memory``'s estimate for the same config, which ``run.py`` checks before
+``style_exp.engine.memory``'s estimate for the same config, which ``run.py`` checks before
 it starts. The table goes to stdout and ``runs/benchmarks/memory.md``.
 """
 
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from style_exp.config import register_schemas
-from style_exp.memory import estimate_bytes
-from style_exp.preflight import input_sizes, tile_side, workload
-from style_exp.tables import write_tables
+from style_exp.app.preflight import input_sizes, tile_side, workload
+from style_exp.app.schema import register_schemas
+from style_exp.app.tables import write_tables
+from style_exp.engine.memory import estimate_bytes
 
 PROJECT = Path(__file__).resolve().parents[1]
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", PROJECT.parent / "shared" / "images"))

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from style_exp.images import load_image
-from style_exp.losses import LossWeights, loss_terms
-from style_exp.settings import NEVER_STOP, LBFGSSettings
-from style_exp.stylize import Problem, build_network, compute_targets, stylize
-from style_exp.tables import markdown_table
-from style_exp.weights import IMAGENET_MEAN_RGB, load_weights
+from style_exp.app.tables import markdown_table
+from style_exp.engine.images import load_image
+from style_exp.engine.losses import LossWeights, loss_terms
+from style_exp.engine.stylize import Problem, build_network, compute_targets, stylize
+from style_exp.engine.weights import IMAGENET_MEAN_RGB, load_weights
+from style_exp.spec.settings import NEVER_STOP, LBFGSSettings
 
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", Path(__file__).resolve().parents[2]
                              / "shared" / "images"))

@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from style_exp.tables import markdown_table
+from style_exp.app.tables import markdown_table
 
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", Path(__file__).resolve().parents[2]
                              / "shared" / "images"))
@@ -56,9 +56,9 @@ def measure(size: int, precision: str, xla: bool, iterations: int, chunk: int, c
     started = time.perf_counter()
     import tensorflow as tf
 
-    from style_exp import device
-    from style_exp.optim import AdamSettings
-    from style_exp.stylize import stylize
+    from style_exp.engine import device
+    from style_exp.engine.optim import AdamSettings
+    from style_exp.engine.stylize import stylize
 
     device.configure(intra_op, inter_op)
     imported = time.perf_counter()
@@ -92,10 +92,10 @@ def seed_problem(size: int, precision: str, content: str, style: str):
     """The seed objective on one pair, the network and the seed's initial noise."""
     import numpy as np
 
-    from style_exp.images import load_image
-    from style_exp.losses import LossWeights
-    from style_exp.stylize import Problem, build_network
-    from style_exp.weights import IMAGENET_MEAN_RGB, load_weights
+    from style_exp.engine.images import load_image
+    from style_exp.engine.losses import LossWeights
+    from style_exp.engine.stylize import Problem, build_network
+    from style_exp.engine.weights import IMAGENET_MEAN_RGB, load_weights
 
     loss = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
                        {f"relu{i}_1": 0.2 for i in range(1, 6)})
@@ -107,10 +107,10 @@ def seed_problem(size: int, precision: str, content: str, style: str):
 
 def serve_steps(size: int, precision: str, content: str, style: str) -> None:
     """This project's Adam loop as a step server: ``ready``, then K steps per stdin line."""
-    from style_exp import device
-    from style_exp.optim import AdamSettings
-    from style_exp.progress import Progress
-    from style_exp.stylize import stylize
+    from style_exp.engine import device
+    from style_exp.engine.optim import AdamSettings
+    from style_exp.engine.progress import Progress
+    from style_exp.engine.stylize import stylize
 
     device.configure()
     problem, network, init = seed_problem(size, precision, content, style)
@@ -132,7 +132,7 @@ def serve_steps(size: int, precision: str, content: str, style: str) -> None:
 
 def side_by_side(args: argparse.Namespace) -> list[dict[str, object]]:
     """This project's step against the seed code's, alternating chunk by chunk."""
-    from style_exp.images import load_image
+    from style_exp.engine.images import load_image
 
     seed_python, network = SEED_CACHE / "venv" / "bin" / "python", \
         SEED_CACHE / "imagenet-vgg-verydeep-19.mat"
@@ -277,8 +277,8 @@ def main() -> None:
 def log_to_mlflow(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
     import mlflow
 
-    from style_exp.config import default_tracking_uri
-    from style_exp.tracking import environment_tags, experiment_id
+    from style_exp.app.schema import default_tracking_uri
+    from style_exp.app.tracking import environment_tags, experiment_id
 
     uri = args.tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)

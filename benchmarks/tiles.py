@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from style_exp.tables import write_tables
+from style_exp.app.tables import write_tables
 
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", Path(__file__).resolve().parents[2]
                              / "shared" / "images"))
@@ -41,9 +41,9 @@ LAYERS = {"content": {"relu4_2": 1.0}, "style": {f"relu{i}_1": 0.2 for i in rang
 
 
 def _problem(size: int):
-    from style_exp.images import load_image
-    from style_exp.losses import LossWeights
-    from style_exp.stylize import Problem
+    from style_exp.engine.images import load_image
+    from style_exp.engine.losses import LossWeights
+    from style_exp.engine.stylize import Problem
 
     loss = LossWeights(5.0, 500.0, 100.0, LAYERS["content"], LAYERS["style"])
     return Problem(load_image(IMAGES / "stata.jpg", size),
@@ -54,9 +54,9 @@ def exactness(size: int, tile: int) -> list[dict[str, object]]:
     """Relative differences of each loss term and of the gradient, tiled against untiled."""
     import tensorflow as tf
 
-    from style_exp.stylize import build_network, compute_targets, loss_and_gradient
-    from style_exp.tiles import TiledLoss
-    from style_exp.weights import load_weights
+    from style_exp.engine.stylize import build_network, compute_targets, loss_and_gradient
+    from style_exp.engine.tiles import TiledLoss
+    from style_exp.engine.weights import load_weights
 
     problem = _problem(size)
     network = build_network(load_weights(), problem.loss, "max")
@@ -78,7 +78,7 @@ def exactness(size: int, tile: int) -> list[dict[str, object]]:
 
 
 def _optimizer(name: str, history_size: int):
-    from style_exp.settings import AdamSettings, LBFGSSettings
+    from style_exp.spec.settings import AdamSettings, LBFGSSettings
 
     return AdamSettings() if name == "adam" else LBFGSSettings(history_size=history_size)
 
@@ -86,9 +86,9 @@ def _optimizer(name: str, history_size: int):
 def probe(size: int, tile: int, precision: str, steps: int, optimizer: str,
           history_size: int) -> dict[str, object]:
     """A few steps in this (fresh) process: peak RSS and steady time per step."""
-    from style_exp.settings import StopSettings
-    from style_exp.stylize import build_network, stylize
-    from style_exp.weights import load_weights
+    from style_exp.engine.stylize import build_network, stylize
+    from style_exp.engine.weights import load_weights
+    from style_exp.spec.settings import StopSettings
 
     problem = _problem(size)
     network = build_network(load_weights(), problem.loss, "max", precision)
@@ -109,10 +109,10 @@ def final_images(size: int, tile: int, iterations: int, optimizer: str, history_
     """Whole runs untiled and tiled from the photo: losses, pixel differences, a PNG."""
     import numpy as np
 
-    from style_exp.images import save_image
-    from style_exp.settings import StopSettings
-    from style_exp.stylize import build_network, stylize
-    from style_exp.weights import load_weights
+    from style_exp.engine.images import save_image
+    from style_exp.engine.stylize import build_network, stylize
+    from style_exp.engine.weights import load_weights
+    from style_exp.spec.settings import StopSettings
 
     problem = _problem(size)
     network = build_network(load_weights(), problem.loss, "max", precision)
@@ -161,7 +161,7 @@ def main() -> None:
     if args.worker:
         job = json.loads(args.worker)
         if job["tile"]:
-            from style_exp.memory import configure_for_tiles
+            from style_exp.engine.memory import configure_for_tiles
 
             configure_for_tiles()  # as run.py does for tiled runs, before TensorFlow loads
         print(json.dumps(probe(**job)), flush=True)
@@ -209,8 +209,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, object]]:
 def log_to_mlflow(args: argparse.Namespace, paths: list[Path]) -> None:
     import mlflow
 
-    from style_exp.config import default_tracking_uri
-    from style_exp.tracking import environment_tags, experiment_id
+    from style_exp.app.schema import default_tracking_uri
+    from style_exp.app.tracking import environment_tags, experiment_id
 
     uri = args.tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)

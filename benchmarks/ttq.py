@@ -154,8 +154,8 @@ class Scorer:
 
     def __init__(self, network, content: str, style: str, size: int, style_side: int):
         from benchmarks.precision import SEED_LOSS
-        from style_exp.images import load_image
-        from style_exp.stylize import Problem, compute_targets
+        from style_exp.engine.images import load_image
+        from style_exp.engine.stylize import Problem, compute_targets
 
         self.network = network
         self.problem = Problem(load_image(content, size), [load_image(style, style_side)], [1.0],
@@ -169,8 +169,8 @@ class Scorer:
         import tensorflow as tf
 
         from benchmarks.precision import SEED_LOSS
-        from style_exp.images import load_image, resize
-        from style_exp.losses import loss_terms
+        from style_exp.engine.images import load_image, resize
+        from style_exp.engine.losses import loss_terms
 
         image = load_image(path)
         if image.shape != self.shape:
@@ -355,8 +355,8 @@ def log_to_mlflow(args: argparse.Namespace, rows: list[dict[str, object]],
                   curves: dict[tuple[str, int, str], Curve], paths: list[Path]) -> None:
     import mlflow
 
-    from style_exp.config import default_tracking_uri
-    from style_exp.tracking import environment_tags, experiment_id
+    from style_exp.app.schema import default_tracking_uri
+    from style_exp.app.tracking import environment_tags, experiment_id
 
     uri = args.tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
@@ -426,10 +426,10 @@ def main() -> None:
     print(f"scratch runs and their MLflow store: {work}", flush=True)
 
     from benchmarks.precision import SEED_LOSS
-    from style_exp.images import image_size, load_image
-    from style_exp.stylize import build_network
-    from style_exp.tracking import experiment_id
-    from style_exp.weights import load_weights
+    from style_exp.app.tracking import experiment_id
+    from style_exp.engine.images import image_size, load_image
+    from style_exp.engine.stylize import build_network
+    from style_exp.engine.weights import load_weights
 
     experiment_id(uri, args.experiment)  # the store exists before any run is timed
     network = build_network(load_weights(), SEED_LOSS, "max", "float32")
@@ -473,7 +473,7 @@ def main() -> None:
                       f"{row['plain_s']:.1f} s ratio {row['plain_ratio']:.3f}", flush=True)
             results.append((name_of_pair, size, seed, pair_curves, plains))
 
-    from style_exp.tables import write_tables
+    from style_exp.app.tables import write_tables
 
     preamble = (
         f"Time to quality against the seed code ({args.seed_iterations} Adam steps, its "

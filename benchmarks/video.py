@@ -21,16 +21,16 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from style_exp.config import default_tracking_uri
-from style_exp.images import load_image, resize, save_image
-from style_exp.losses import LossWeights
-from style_exp.optim import AdamSettings
-from style_exp.settings import VIDEO_INITS, VideoSettings
-from style_exp.stylize import Problem, build_network
-from style_exp.tables import write_tables
-from style_exp.tracking import environment_tags, experiment_id
-from style_exp.video import Frame, FrameStore, stylize_video
-from style_exp.weights import IMAGENET_MEAN_RGB, load_weights
+from style_exp.app.schema import default_tracking_uri
+from style_exp.app.tables import write_tables
+from style_exp.app.tracking import environment_tags, experiment_id
+from style_exp.engine.images import load_image, resize, save_image
+from style_exp.engine.losses import LossWeights
+from style_exp.engine.optim import AdamSettings
+from style_exp.engine.stylize import Problem, build_network
+from style_exp.engine.video import Frame, FrameStore, stylize_video
+from style_exp.engine.weights import IMAGENET_MEAN_RGB, load_weights
+from style_exp.spec.settings import VIDEO_INITS, VideoSettings
 
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", Path(__file__).resolve().parents[2]
                              / "shared" / "images"))

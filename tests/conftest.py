@@ -15,9 +15,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 
-from style_exp.cluster import register_launchers
-from style_exp.config import register_schemas
-from style_exp.weights import VGGWeights, load_weights
+from style_exp.app.schema import register_schemas
+from style_exp.cluster.launchers import register_launchers
+from style_exp.engine.weights import VGGWeights, load_weights
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED_IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", PROJECT.parent / "shared" / "images"))

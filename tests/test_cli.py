@@ -12,8 +12,9 @@ import pytest
 from conftest import PROJECT, cli_env, run_cli, start_endless_run, store_uri
 from mlflow.tracking import MlflowClient
 
-from style_exp import memory, runs
-from style_exp.device import FROZEN_WEIGHTS_ENV, host_precision
+from style_exp.app import runs
+from style_exp.engine import memory
+from style_exp.engine.device import FROZEN_WEIGHTS_ENV, host_precision
 
 
 def _error_lines(done):
@@ -65,8 +66,8 @@ def test_preflight_loads_neither_tensorflow_nor_mlflow(tmp_path, photos):
     code = (
         "import sys\n"
         "from hydra import compose, initialize_config_dir\n"
-        "from style_exp.config import register_schemas\n"
-        "from style_exp import preflight\n"
+        "from style_exp.app.schema import register_schemas\n"
+        "from style_exp.app import preflight\n"
         "register_schemas()\n"
         f"with initialize_config_dir(config_dir={str(PROJECT / 'conf')!r}, version_base='1.3'):\n"
         f"    cfg = compose(config_name='config', overrides=['content={photo}', "
@@ -152,7 +153,7 @@ def test_a_stop_python_dropped_prints_no_traceback_but_other_lost_errors_do():
     was recorded, so it is not shown, while any other dropped exception still is."""
     code = """if True:
         import signal
-        from style_exp import stopping
+        from style_exp.engine import stopping
         class Dropping:
             def __init__(self, error): self.error = error
             def __del__(self): raise self.error
@@ -165,7 +166,7 @@ def test_a_stop_python_dropped_prints_no_traceback_but_other_lost_errors_do():
                           text=True, timeout=60)
     assert "ValueError: a real loss" in done.stderr
     assert "Exception ignored" in done.stderr and done.stderr.count("Exception ignored") == 1
-    assert done.stderr.rstrip().endswith("style_exp.stopping.Terminated: SIGTERM")  # raised
+    assert done.stderr.rstrip().endswith("style_exp.engine.stopping.Terminated: SIGTERM")  # raised
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

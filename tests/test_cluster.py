@@ -28,11 +28,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from style_exp import app, cluster, compare, server, video
-from style_exp.config import ConfigError
-from style_exp.sweeps import sweep_id
-from style_exp.videoio import write_video
-from style_exp.weights import default_cache_dir
+from style_exp.app import compare, resources, schema
+from style_exp.app import execute as app
+from style_exp.app.schema import ConfigError
+from style_exp.app.sweeps import sweep_id
+from style_exp.cluster import server
+from style_exp.engine import video
+from style_exp.engine.videoio import write_video
+from style_exp.engine.weights import default_cache_dir
 
 CLUSTER_EXPERIMENT = "cluster"
 TINY = ["size=48", "iterations=5", "progress=false", "tracking.log_every=1"]
@@ -456,8 +459,8 @@ def test_server_refuses_a_file_as_dir(tmp_path, capsys):
 
 def test_tracking_uri_with_a_password_is_refused():
     with pytest.raises(ConfigError, match="must not contain a password"):
-        cluster.without_credentials("http://admin:hunter2@127.0.0.1:5000")
-    assert cluster.without_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+        schema.without_credentials("http://admin:hunter2@127.0.0.1:5000")
+    assert schema.without_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
 def test_launcher_presets_compose_from_the_readme_commands():
@@ -480,6 +483,6 @@ def test_launcher_presets_compose_from_the_readme_commands():
 
 def test_threads_follow_the_cpus_slurm_gave(monkeypatch):
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
-    assert cluster.allotted_cpus() == 3
+    assert resources.allotted_cpus() == 3
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
-    assert cluster.allotted_cpus() is None
+    assert resources.allotted_cpus() is None

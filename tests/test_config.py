@@ -4,7 +4,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from style_exp.config import ConfigError, blend_weights, layer_weights, style_paths, validate
+from style_exp.app.schema import ConfigError, blend_weights, layer_weights, style_paths, validate
 
 
 def test_defaults_keep_the_seed_loss_and_pick_the_measured_optimiser(compose_config):

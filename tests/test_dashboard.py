@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT
 
-from style_exp import server as team_server
-from style_exp.sweeps import sweep_id
+from style_exp.app.sweeps import sweep_id
+from style_exp.cluster import server as team_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As root in CI: no sandbox; no background connections (the network is closed here).

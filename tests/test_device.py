@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import PROJECT
 
-from style_exp import device
+from style_exp.engine import device
 
 SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile"
 SKYLAKE = "fpu sse2 avx2 avx512f avx512bw"
@@ -45,7 +45,7 @@ def test_native_low_precision_follows_the_device_of_the_step(monkeypatch, gpus, 
 
 
 def test_the_cpu_check_does_not_import_tensorflow():
-    code = ("import sys; from style_exp import device; device.cpu_has_native_bfloat16(); "
+    code = ("import sys; from style_exp.engine import device; device.cpu_has_native_bfloat16(); "
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT)
 
@@ -70,9 +70,9 @@ FILTER_CACHE_PROBE = """
 import dataclasses, os, subprocess, sys
 import numpy as np
 import tensorflow as tf
-from style_exp import device
-from style_exp.vgg import VGG19Features
-from style_exp.weights import load_weights
+from style_exp.engine import device
+from style_exp.engine.vgg import VGG19Features
+from style_exp.engine.weights import load_weights
 
 device.configure()
 weights = load_weights()

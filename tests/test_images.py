@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from style_exp.images import ImageError, image_size, load_image, resize_longest, save_image
+from style_exp.engine.images import ImageError, image_size, load_image, resize_longest, save_image
 
 # Lossy formats may move a pixel this far on average from what was saved; a wrong channel
 # order, a mirrored or blank image is tens of levels off.

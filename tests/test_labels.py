@@ -6,10 +6,10 @@ from pathlib import Path
 
 from conftest import PROJECT
 
-from style_exp.console import compare_command, run_summary, sweep_summary
-from style_exp.labels import run_name, short_keys
-from style_exp.sweeps import sweep_id
-from style_exp.tracking import dashboard_url, run_params, ui_command
+from style_exp.app.console import compare_command, run_summary, sweep_summary
+from style_exp.app.labels import run_name, short_keys
+from style_exp.app.sweeps import sweep_id
+from style_exp.app.tracking import dashboard_url, run_params, ui_command
 
 
 def test_run_names_say_what_the_run_is_and_what_differs():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from style_exp.losses import (
+from style_exp.engine.losses import (
     LossWeights,
     Targets,
     content_loss,

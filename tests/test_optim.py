@@ -9,14 +9,15 @@ from conftest import gradient_image, stripes_image, write_image
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from style_exp import app, color
-from style_exp.config import ConfigError, layer_weights, scale_plan, settings_from, validate
-from style_exp.init import InitSettings, initial_image
-from style_exp.job import prepare
-from style_exp.losses import LossWeights
-from style_exp.optim import LBFGS, AdamSettings, LBFGSSettings, learning_rate
-from style_exp.progress import Interrupted
-from style_exp.stylize import (
+from style_exp.app import execute as app
+from style_exp.app.job import prepare
+from style_exp.app.schema import ConfigError, layer_weights, scale_plan, settings_from, validate
+from style_exp.engine import color
+from style_exp.engine.init import InitSettings, initial_image
+from style_exp.engine.losses import LossWeights
+from style_exp.engine.optim import LBFGS, AdamSettings, LBFGSSettings, learning_rate
+from style_exp.engine.progress import Interrupted
+from style_exp.engine.stylize import (
     Problem,
     build_network,
     compute_targets,
@@ -25,7 +26,7 @@ from style_exp.stylize import (
     stylize,
     stylize_scales,
 )
-from style_exp.weights import IMAGENET_MEAN_RGB
+from style_exp.engine.weights import IMAGENET_MEAN_RGB
 
 BOUNDED_DIRECTION_TOLERANCE = 1e-3  # relative L2 difference of two directions; 2e-4 measured
 LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},

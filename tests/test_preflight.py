@@ -9,10 +9,11 @@ import pytest
 from conftest import gradient_image
 from PIL import Image
 
-from style_exp import memory, preflight
-from style_exp.errors import RunFailure, UserError
-from style_exp.images import MIN_SIDE, ImageError, fitted_size, image_size
-from style_exp.memory import Budget, Workload, activation_elements, estimate_bytes
+from style_exp.app import preflight
+from style_exp.engine import memory
+from style_exp.engine.images import MIN_SIDE, ImageError, fitted_size, image_size
+from style_exp.engine.memory import Budget, Workload, activation_elements, estimate_bytes
+from style_exp.spec.errors import RunFailure, UserError
 
 
 def test_header_sizes_follow_exif_rotation_and_odd_files_fail_by_name(tmp_path):

@@ -4,7 +4,12 @@ import pytest
 import tensorflow as tf
 from conftest import gradient_image, stripes_image
 
-from style_exp.quality import CONTENT_DISTANCE, STYLE_DISTANCE, QualityMeter, relative_distance
+from style_exp.engine.quality import (
+    CONTENT_DISTANCE,
+    STYLE_DISTANCE,
+    QualityMeter,
+    relative_distance,
+)
 
 
 def test_relative_distance_is_scale_free():

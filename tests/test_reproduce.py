@@ -26,9 +26,9 @@ from conftest import PROJECT, cli_env, gradient_image, run_cli, stripes_image, w
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from style_exp.config import Config
-from style_exp.reproduce import ReproduceError, check_inputs
-from style_exp.weights import CACHE_NAME, default_cache_dir
+from style_exp.app.reproduce import ReproduceError, check_inputs
+from style_exp.app.schema import Config
+from style_exp.engine.weights import CACHE_NAME, default_cache_dir
 
 SEED = Config().seed + 7  # not the default: a reproduction that drops it starts elsewhere
 

@@ -11,11 +11,11 @@ from conftest import PROJECT, cli_env, gradient_image, stripes_image
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from style_exp import app
-from style_exp.config import with_demo_defaults
-from style_exp.images import ImageError, load_image
-from style_exp.progress import NoProgress
-from style_exp.tracking import MetricsLogger
+from style_exp.app import execute as app
+from style_exp.app.schema import with_demo_defaults
+from style_exp.app.tracking import MetricsLogger
+from style_exp.engine.images import ImageError, load_image
+from style_exp.engine.progress import NoProgress
 
 LOSS_KEYS = {"loss/total", "loss/content", "loss/style", "loss/tv"}
 

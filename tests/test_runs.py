@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from conftest import start_endless_run, store_uri
 from mlflow.tracking import MlflowClient
 
-from style_exp import runs
+from style_exp.app import runs
 
 
 def _run(tags, started_s):

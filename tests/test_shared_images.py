@@ -8,12 +8,12 @@ import numpy as np
 from conftest import require_shared_images
 from PIL import ExifTags
 
-from style_exp.config import optimizer_settings, settings_from, style_side
-from style_exp.images import image_size, load_image
-from style_exp.init import InitSettings, initial_image
-from style_exp.job import loss_weights
-from style_exp.quality import CONTENT_DISTANCE, STYLE_DISTANCE, QualityMeter
-from style_exp.stylize import Problem, build_network, stylize
+from style_exp.app.job import loss_weights
+from style_exp.app.schema import optimizer_settings, settings_from, style_side
+from style_exp.engine.images import image_size, load_image
+from style_exp.engine.init import InitSettings, initial_image
+from style_exp.engine.quality import CONTENT_DISTANCE, STYLE_DISTANCE, QualityMeter
+from style_exp.engine.stylize import Problem, build_network, stylize
 
 PHOTO, PAINTING = "stata.jpg", "dora_maar.jpg"  # the seed paper's Figure 3 pair
 SIZE = 64

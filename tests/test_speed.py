@@ -7,14 +7,14 @@ import pytest
 import tensorflow as tf
 from conftest import gradient_image, stripes_image
 
-from style_exp.config import ConfigError, validate
-from style_exp.losses import LossWeights, loss_terms
-from style_exp.optim import AdamSettings
-from style_exp.progress import Result
-from style_exp.settings import LBFGSSettings
-from style_exp.stylize import Problem, build_network, compute_targets, stylize
-from style_exp.vgg import VGG19Features
-from style_exp.weights import IMAGENET_MEAN_RGB
+from style_exp.app.schema import ConfigError, validate
+from style_exp.engine.losses import LossWeights, loss_terms
+from style_exp.engine.optim import AdamSettings
+from style_exp.engine.progress import Result
+from style_exp.engine.stylize import Problem, build_network, compute_targets, stylize
+from style_exp.engine.vgg import VGG19Features
+from style_exp.engine.weights import IMAGENET_MEAN_RGB
+from style_exp.spec.settings import LBFGSSettings
 
 LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
                    {f"relu{i}_1": 0.2 for i in range(1, 6)})

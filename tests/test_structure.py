@@ -12,13 +12,20 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from style_exp.config import settings_from, validate
-from style_exp.init import InitSettings
-from style_exp.settings import OPTIMIZERS, VideoSettings
+from style_exp.app.schema import settings_from, validate
+from style_exp.engine.init import InitSettings
+from style_exp.spec.settings import OPTIMIZERS, VideoSettings
 
-ENGINE = ["errors", "images", "color", "settings", "init", "weights", "vgg", "losses", "optim",
-          "stylize", "tiles", "flow", "videoio", "video", "device", "demo", "memory", "quality",
-          "stopping", "progress"]
+PACKAGE = PROJECT / "style_exp"
+# The layers, in order: each module imports only from its own layer and the ones before.
+LAYERS = ("spec", "engine", "app", "cluster")
+# Top-level modules: the commands users type (``python -m style_exp.compare``), kept.
+COMMANDS = {"compare", "reproduce", "runs", "server"}
+
+
+def _layer_modules(layer: str) -> list[str]:
+    return sorted(f"style_exp.{layer}.{path.stem}" for path in (PACKAGE / layer).glob("*.py")
+                  if path.stem != "__init__")
 
 
 @pytest.mark.parametrize("group, option, settings", [
@@ -75,41 +82,66 @@ def _modules_loaded_by(code: str) -> set[str]:
     return {name.split(".")[0] for name in output.split()}
 
 
+def _imports(modules: list[str]) -> str:
+    return "\n".join(f"import {module}" for module in modules)
+
+
+def test_the_package_is_its_layer_folders_and_the_command_names():
+    assert {path.name for path in PACKAGE.iterdir() if path.is_dir()} - {"__pycache__"} == {
+        *LAYERS}
+    assert {path.stem for path in PACKAGE.glob("*.py")} == {"__init__", *COMMANDS}
+
+
+def test_spec_loads_no_tensorflow_hydra_or_mlflow():
+    loaded = _modules_loaded_by(_imports(_layer_modules("spec")))
+    assert "style_exp" in loaded  # the check sees what the layer pulls in
+    assert not loaded & {"tensorflow", "mlflow", "hydra", "omegaconf"}
+
+
 def test_engine_imports_neither_mlflow_nor_hydra():
-    loaded = _modules_loaded_by("\n".join(f"import style_exp.{name}" for name in ENGINE))
+    loaded = _modules_loaded_by(_imports(_layer_modules("engine")))
     assert "tensorflow" in loaded  # the check sees what the engine pulls in
     assert not loaded & {"mlflow", "hydra", "omegaconf"}
 
 
-def test_tracking_console_and_sweep_modules_load_no_tensorflow():
+def test_tracking_console_sweep_and_launcher_modules_load_no_tensorflow():
     """A parallel sweep's launching process prints the summary through these: loading
     TensorFlow there cost seconds after the last job and put its start-up lines on the
     console."""
-    modules = ["tracking", "callbacks", "cluster", "console", "labels", "runs", "progress",
-               "sweeps"]
-    loaded = _modules_loaded_by("\n".join(f"import style_exp.{name}" for name in modules))
+    modules = [f"style_exp.app.{name}" for name in ("tracking", "callbacks", "console",
+                                                   "labels", "runs", "sweeps")]
+    modules += ["style_exp.engine.progress", "style_exp.cluster.launchers"]
+    loaded = _modules_loaded_by(_imports(modules))
     assert "mlflow" in loaded  # the check sees what these modules pull in
     assert "tensorflow" not in loaded
 
 
 def _project_imports() -> dict[str, set[str]]:
     """Which of the package's modules each module imports, wherever in the file (an
-    import inside a function only hides a cycle until that function runs)."""
-    package = PROJECT / "style_exp"
-    names = {path.stem for path in package.glob("*.py")} - {"__init__"}
+    import inside a function only hides a cycle, or a layer crossed, until it runs)."""
+    modules = {path: ".".join(path.relative_to(PROJECT).with_suffix("").parts)
+               for path in PACKAGE.rglob("*.py") if path.stem != "__init__"}
+    names = set(modules.values())
     graph = {}
-    for name in names:
+    for path, name in modules.items():
         found = set()
-        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "style_exp":
-                found |= {alias.name for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("style_exp."):
-                found.add(node.module.split(".")[1])
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("style_exp"):
+                found |= {f"{node.module}.{alias.name}" for alias in node.names}
+                found.add(node.module)
             elif isinstance(node, ast.Import):
-                found |= {alias.name.split(".")[1] for alias in node.names
-                          if alias.name.startswith("style_exp.")}
+                found |= {alias.name for alias in node.names}
         graph[name] = found & names - {name}
     return graph
+
+
+def test_each_layer_imports_only_from_itself_and_the_layers_before_it():
+    graph = _project_imports()
+    crossings = [f"{name} imports {imported}" for name, imports in sorted(graph.items())
+                 for imported in sorted(imports) if name.split(".")[1] in LAYERS
+                 and LAYERS.index(imported.split(".")[1]) > LAYERS.index(name.split(".")[1])]
+    assert graph["style_exp.app.execute"]  # the check sees the imports
+    assert not crossings
 
 
 def test_no_import_cycle_among_the_packages_modules():
@@ -126,14 +158,14 @@ def test_no_import_cycle_among_the_packages_modules():
         path.pop()
         done.add(name)
 
-    assert graph["cluster"] and graph["app"]  # the check sees the imports
+    assert graph["style_exp.cluster.launchers"]  # the check sees the imports
     for name in sorted(graph):
         visit(name)
 
 
 def test_config_validation_needs_no_tensorflow():
     code = ("from hydra import compose, initialize_config_dir\n"
-            "from style_exp.config import register_schemas, validate\n"
+            "from style_exp.app.schema import register_schemas, validate\n"
             "register_schemas()\n"
             f"with initialize_config_dir(config_dir={str(Path(PROJECT, 'conf'))!r}, "
             "version_base='1.3'):\n"
@@ -149,7 +181,8 @@ def test_every_benchmark_imports():
 
 
 def test_tensorflow_starts_without_keras_which_still_loads_on_use():
-    assert not _modules_loaded_by("import style_exp.stylize") & {"keras", "sklearn", "pandas"}
-    code = ("import style_exp.stylize\nimport tensorflow as tf\n"
+    loaded = _modules_loaded_by("import style_exp.engine.stylize")
+    assert not loaded & {"keras", "sklearn", "pandas"}
+    code = ("import style_exp.engine.stylize\nimport tensorflow as tf\n"
             "assert tf.keras.layers.Dense(2)(tf.ones((1, 3))).shape == (1, 2)")
     assert "keras" in _modules_loaded_by(code)

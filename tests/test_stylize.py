@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from conftest import gradient_image, stripes_image, write_image
 
-from style_exp import stopping
-from style_exp.images import MIN_SIDE, load_image
-from style_exp.losses import LossWeights
-from style_exp.optim import AdamSettings
-from style_exp.progress import RISE_LIMIT, Interrupted, NoProgress
-from style_exp.settings import NEVER_STOP, LBFGSSettings, StopSettings
-from style_exp.stylize import Problem, Workspace, build_network, stylize
-from style_exp.weights import IMAGENET_MEAN_RGB
+from style_exp.engine import stopping
+from style_exp.engine.images import MIN_SIDE, load_image
+from style_exp.engine.losses import LossWeights
+from style_exp.engine.optim import AdamSettings
+from style_exp.engine.progress import RISE_LIMIT, Interrupted, NoProgress
+from style_exp.engine.stylize import Problem, Workspace, build_network, stylize
+from style_exp.engine.weights import IMAGENET_MEAN_RGB
+from style_exp.spec.settings import NEVER_STOP, LBFGSSettings, StopSettings
 
 LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
                    {f"relu{i}_1": 0.2 for i in range(1, 6)})

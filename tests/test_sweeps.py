@@ -15,7 +15,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from style_exp import compare
+from style_exp.app import compare
 
 # The sweep takes well under a minute alone, a few under CI's load; a launching process
 # that waits out loky's idle workers (300 s after the summary, cli._exit) runs past this.

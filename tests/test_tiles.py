@@ -12,12 +12,19 @@ import pytest
 import tensorflow as tf
 from conftest import gradient_image, stripes_image
 
-from style_exp import memory, preflight
-from style_exp.errors import RunFailure
-from style_exp.losses import LossWeights, gram_matrix
-from style_exp.settings import AdamSettings
-from style_exp.stylize import Problem, build_network, compute_targets, loss_and_gradient, stylize
-from style_exp.tiles import TiledLoss, exact_halo, tile_grid, tiled_grams
+from style_exp.app import preflight
+from style_exp.engine import memory
+from style_exp.engine.losses import LossWeights, gram_matrix
+from style_exp.engine.stylize import (
+    Problem,
+    build_network,
+    compute_targets,
+    loss_and_gradient,
+    stylize,
+)
+from style_exp.engine.tiles import TiledLoss, exact_halo, tile_grid, tiled_grams
+from style_exp.spec.errors import RunFailure
+from style_exp.spec.settings import AdamSettings
 
 # Shallow layers keep the exact halo (16 px) and the test small; the benchmark checks the
 # paper's layers at 512 px.
@@ -122,13 +129,13 @@ def test_tiles_auto_resolves_from_the_memory_estimate(compose_config, monkeypatc
 # argv[2] px; prints the process's peak RSS in bytes.
 PEAK_RUN = """
 import json, sys
-from style_exp import device, memory
+from style_exp.engine import device, memory
 memory.configure_for_tiles()
 from conftest import gradient_image, stripes_image
-from style_exp.losses import LossWeights
-from style_exp.settings import LBFGSSettings
-from style_exp.stylize import Problem, build_network, stylize
-from style_exp.weights import load_weights
+from style_exp.engine.losses import LossWeights
+from style_exp.spec.settings import LBFGSSettings
+from style_exp.engine.stylize import Problem, build_network, stylize
+from style_exp.engine.weights import load_weights
 work, tile = memory.Workload(**json.loads(sys.argv[1])), int(sys.argv[2])
 device.configure()
 (width, height), ((style_width, style_height),) = work.content, work.styles

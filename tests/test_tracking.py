@@ -2,7 +2,7 @@
 
 from mlflow.tracking import MlflowClient
 
-from style_exp.tracking import EXPERIMENT_KIND, experiment_id
+from style_exp.app.tracking import EXPERIMENT_KIND, experiment_id
 
 
 def test_the_loser_of_the_creation_race_takes_the_winners_experiment(tmp_path, monkeypatch):

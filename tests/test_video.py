@@ -11,18 +11,20 @@ from conftest import stripes_image
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from style_exp import app, runs, video
-from style_exp.config import ConfigError, validate
-from style_exp.flow import consistency_mask, optical_flow, temporal_error, warp
-from style_exp.images import to_uint8
-from style_exp.losses import LossWeights
-from style_exp.optim import AdamSettings
-from style_exp.progress import Result
-from style_exp.settings import VideoSettings
-from style_exp.stylize import Problem, build_network
-from style_exp.video import FrameStore, Motion, stylize_video
-from style_exp.videoio import VideoError, open_clip, write_video
-from style_exp.weights import IMAGENET_MEAN_RGB
+from style_exp.app import execute as app
+from style_exp.app import runs
+from style_exp.app.schema import ConfigError, validate
+from style_exp.engine import video
+from style_exp.engine.flow import consistency_mask, optical_flow, temporal_error, warp
+from style_exp.engine.images import to_uint8
+from style_exp.engine.losses import LossWeights
+from style_exp.engine.optim import AdamSettings
+from style_exp.engine.progress import Result
+from style_exp.engine.stylize import Problem, build_network
+from style_exp.engine.video import FrameStore, Motion, stylize_video
+from style_exp.engine.videoio import VideoError, open_clip, write_video
+from style_exp.engine.weights import IMAGENET_MEAN_RGB
+from style_exp.spec.settings import VideoSettings
 
 LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
                    {f"relu{i}_1": 0.2 for i in range(1, 6)})

