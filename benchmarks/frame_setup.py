@@ -19,10 +19,11 @@ from benchmarks.video import IMAGES, make_clips
 from style_exp.app.tables import write_tables
 from style_exp.engine import device
 from style_exp.engine.images import load_image
-from style_exp.engine.losses import LossWeights
-from style_exp.engine.stylize import Problem, Workspace, build_network, stylize
+from style_exp.engine.objective import Problem, Workspace, build_network
+from style_exp.engine.stylize import stylize
 from style_exp.engine.weights import load_weights
-from style_exp.spec.settings import NEVER_STOP, LBFGSSettings
+from style_exp.spec.loss import LossSettings
+from style_exp.spec.settings import NEVER_STOP, LBFGSSettings, LoopSettings
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -42,16 +43,15 @@ def main() -> None:
     frames = make_clips(load_image(args.photo), args.width, args.height, args.frames,
                         [2])["pan2px"]
     style = load_image(args.style, max(args.width, args.height))
-    loss = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
-                       {f"relu{i}_1": 0.2 for i in range(1, 6)})
+    loss = LossSettings().weights()
     network = build_network(load_weights(), loss, "max", args.precision)
+    loop = LoopSettings(optimizer=LBFGSSettings(), stop=NEVER_STOP)
     shared = Workspace()
 
     def frame(index: int, workspace: Workspace | None) -> tuple[float, float]:
         content = frames[index % len(frames)]
-        result = stylize(Problem(content, [style], [1.0], loss), network, content,
-                         LBFGSSettings(), args.iterations, workspace=workspace,
-                         stop=NEVER_STOP, require_progress=False)
+        result = stylize(Problem(content, [style], [1.0], loss), network, content, loop,
+                         args.iterations, workspace=workspace, require_progress=False)
         return result.setup_s, result.total_s
 
     frame(0, shared)  # the first frame traces the step the shared mode reuses

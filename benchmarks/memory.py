@@ -22,10 +22,10 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from style_exp.app.preflight import input_sizes, tile_side, workload
+from style_exp.app import preflight
+from style_exp.app.parse import parse
 from style_exp.app.schema import register_schemas
 from style_exp.app.tables import write_tables
-from style_exp.engine.memory import estimate_bytes
 
 PROJECT = Path(__file__).resolve().parents[1]
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", PROJECT.parent / "shared" / "images"))
@@ -35,9 +35,8 @@ MB = 2**20
 def measure(overrides: list[str]) -> dict[str, object]:
     """Estimate, then run ``run.py`` with ``overrides`` and read its peak RSS."""
     with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    sizes = input_sizes(cfg)
-    estimate = estimate_bytes(workload(cfg, sizes, cfg.size, tile_side(cfg, sizes)))
+        spec = parse(compose(config_name="config", overrides=overrides), overrides)
+    estimate = preflight.check(spec).peak_bytes
     with tempfile.TemporaryDirectory() as scratch:
         process = subprocess.Popen(
             [sys.executable, str(PROJECT / "run.py"), *overrides, "progress=false",
@@ -47,8 +46,8 @@ def measure(overrides: list[str]) -> dict[str, object]:
     if status != 0:
         raise SystemExit(f"run.py {' '.join(overrides)} failed (status {status})")
     measured = usage.ru_maxrss * 1024
-    return {"size": cfg.size, "tiles": cfg.tiles, "optimizer": cfg.optimizer.name,
-            "precision": cfg.precision,
+    return {"size": spec.size, "tiles": spec.tiles, "optimizer": spec.loop.optimizer.name,
+            "precision": spec.precision,
             "estimate_mb": round(estimate / MB), "measured_mb": round(measured / MB),
             "error": f"{(estimate - measured) / measured:+.0%}"}
 

@@ -27,11 +27,18 @@ from style_exp.app.schema import default_tracking_uri
 from style_exp.app.tables import write_tables
 from style_exp.app.tracking import environment_tags, experiment_id
 from style_exp.engine.images import load_image, save_image
-from style_exp.engine.losses import LossWeights
+from style_exp.engine.objective import Problem, build_network
 from style_exp.engine.progress import Progress
-from style_exp.engine.stylize import Problem, build_network, stylize
+from style_exp.engine.stylize import stylize
 from style_exp.engine.weights import IMAGENET_MEAN_RGB, load_weights
-from style_exp.spec.settings import NEVER_STOP, AdamSettings, LBFGSSettings, OptimizerSettings
+from style_exp.spec.loss import LossSettings
+from style_exp.spec.settings import (
+    NEVER_STOP,
+    AdamSettings,
+    LBFGSSettings,
+    LoopSettings,
+    OptimizerSettings,
+)
 
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", Path(__file__).resolve().parents[2]
                              / "shared" / "images"))
@@ -80,8 +87,9 @@ def run_trace(name: str, optimizer: OptimizerSettings, problem: Problem, network
               iterations: int) -> Trace:
     trace = Trace(name)
     started = time.perf_counter()
-    result = stylize(problem, network, init, optimizer, iterations, log_every=1,
-                     callback=lambda p: trace.record(p, started), stop=NEVER_STOP)
+    loop = LoopSettings(optimizer=optimizer, stop=NEVER_STOP, log_every=1)
+    result = stylize(problem, network, init, loop, iterations,
+                     callback=lambda p: trace.record(p, started))
     trace.image = result.image
     return trace
 
@@ -154,8 +162,7 @@ def main() -> None:
     content = load_image(args.content, args.size)
     styles = [load_image(path, args.size) for path in args.style]
     blend = [w / sum(args.style_weights) for w in args.style_weights]
-    loss = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
-                       {f"relu{i}_1": 0.2 for i in range(1, 6)})
+    loss = LossSettings().weights()
     problem = Problem(content, styles, blend, loss)
     network = build_network(load_weights(), loss, "max")
     rng = np.random.default_rng(args.seed)

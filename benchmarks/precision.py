@@ -21,17 +21,18 @@ import tensorflow as tf
 
 from style_exp.app.tables import markdown_table
 from style_exp.engine.images import load_image
-from style_exp.engine.losses import LossWeights, loss_terms
-from style_exp.engine.stylize import Problem, build_network, compute_targets, stylize
+from style_exp.engine.losses import loss_terms
+from style_exp.engine.objective import Problem, build_network, compute_targets
+from style_exp.engine.stylize import stylize
 from style_exp.engine.weights import IMAGENET_MEAN_RGB, load_weights
-from style_exp.spec.settings import NEVER_STOP, LBFGSSettings
+from style_exp.spec.loss import LossSettings
+from style_exp.spec.settings import NEVER_STOP, LBFGSSettings, LoopSettings
 
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", Path(__file__).resolve().parents[2]
                              / "shared" / "images"))
 PAIRS = (("stata.jpg", "dora_maar.jpg"), ("tubingen.jpg", "starry_night.jpg"),
          ("tubingen.jpg", "the_scream.jpg"))
-SEED_LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
-                        {f"relu{i}_1": 0.2 for i in range(1, 6)})
+SEED_LOSS = LossSettings().weights()  # the seed code's weights and layers are the defaults
 
 
 def seed_objective(network, problem: Problem, image: np.ndarray) -> float:
@@ -51,8 +52,8 @@ def compare(content: str, style: str, size: int, iterations: int, weights) -> di
     for precision in ("float32", "bfloat16"):
         network = build_network(weights, SEED_LOSS, "max", precision)
         started = time.perf_counter()
-        result = stylize(problem, network, init, LBFGSSettings(), iterations,
-                         log_every=iterations, stop=NEVER_STOP)
+        loop = LoopSettings(optimizer=LBFGSSettings(), stop=NEVER_STOP, log_every=iterations)
+        result = stylize(problem, network, init, loop, iterations)
         row[f"{precision}_s"] = time.perf_counter() - started
         row[f"{precision}_loss"] = seed_objective(reference, problem, result.image)
     row["ratio"] = row["bfloat16_loss"] / row["float32_loss"]

@@ -57,15 +57,15 @@ def measure(size: int, precision: str, xla: bool, iterations: int, chunk: int, c
     import tensorflow as tf
 
     from style_exp.engine import device
-    from style_exp.engine.optim import AdamSettings
     from style_exp.engine.stylize import stylize
+    from style_exp.spec.settings import AdamSettings, LoopSettings
 
     device.configure(intra_op, inter_op)
     imported = time.perf_counter()
     problem, network, init = seed_problem(size, precision, content, style)
     first_step: list[float] = []
-    result = stylize(problem, network, init, AdamSettings(), iterations, log_every=chunk,
-                     jit_compile=xla,
+    result = stylize(problem, network, init,
+                     LoopSettings(optimizer=AdamSettings(), log_every=chunk, xla=xla), iterations,
                      callback=lambda _p: first_step or first_step.append(time.perf_counter()))
     height, width = problem.content.shape[:2]
     flops = 4 * network.multiply_adds(height, width)
@@ -93,12 +93,11 @@ def seed_problem(size: int, precision: str, content: str, style: str):
     import numpy as np
 
     from style_exp.engine.images import load_image
-    from style_exp.engine.losses import LossWeights
-    from style_exp.engine.stylize import Problem, build_network
+    from style_exp.engine.objective import Problem, build_network
     from style_exp.engine.weights import IMAGENET_MEAN_RGB, load_weights
+    from style_exp.spec.loss import LossSettings
 
-    loss = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
-                       {f"relu{i}_1": 0.2 for i in range(1, 6)})
+    loss = LossSettings().weights()  # the seed code's weights and layers are the defaults
     problem = Problem(load_image(content, size), [load_image(style, size)], [1.0], loss)
     init = IMAGENET_MEAN_RGB + np.random.default_rng(0).normal(
         0, 0.256, problem.content.shape).astype(np.float32)
@@ -108,9 +107,9 @@ def seed_problem(size: int, precision: str, content: str, style: str):
 def serve_steps(size: int, precision: str, content: str, style: str) -> None:
     """This project's Adam loop as a step server: ``ready``, then K steps per stdin line."""
     from style_exp.engine import device
-    from style_exp.engine.optim import AdamSettings
     from style_exp.engine.progress import Progress
     from style_exp.engine.stylize import stylize
+    from style_exp.spec.settings import AdamSettings, LoopSettings
 
     device.configure()
     problem, network, init = seed_problem(size, precision, content, style)
@@ -126,7 +125,7 @@ def serve_steps(size: int, precision: str, content: str, style: str) -> None:
 
     # Reported steps are 1, then every chunk: the first chunk after 'ready' is one short,
     # so the driver discards it.
-    stylize(problem, network, init, AdamSettings(), 10**9, log_every=chunk,
+    stylize(problem, network, init, LoopSettings(optimizer=AdamSettings(), log_every=chunk), 10**9,
             callback=next_chunk)
 
 

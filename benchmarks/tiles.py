@@ -37,15 +37,14 @@ from style_exp.app.tables import write_tables
 
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", Path(__file__).resolve().parents[2]
                              / "shared" / "images"))
-LAYERS = {"content": {"relu4_2": 1.0}, "style": {f"relu{i}_1": 0.2 for i in range(1, 6)}}
 
 
 def _problem(size: int):
     from style_exp.engine.images import load_image
-    from style_exp.engine.losses import LossWeights
-    from style_exp.engine.stylize import Problem
+    from style_exp.engine.objective import Problem
+    from style_exp.spec.loss import LossSettings
 
-    loss = LossWeights(5.0, 500.0, 100.0, LAYERS["content"], LAYERS["style"])
+    loss = LossSettings().weights()  # the paper's layers
     return Problem(load_image(IMAGES / "stata.jpg", size),
                    [load_image(IMAGES / "starry_night.jpg", size)], [1.0], loss)
 
@@ -54,7 +53,7 @@ def exactness(size: int, tile: int) -> list[dict[str, object]]:
     """Relative differences of each loss term and of the gradient, tiled against untiled."""
     import tensorflow as tf
 
-    from style_exp.engine.stylize import build_network, compute_targets, loss_and_gradient
+    from style_exp.engine.objective import build_network, compute_targets, loss_and_gradient
     from style_exp.engine.tiles import TiledLoss
     from style_exp.engine.weights import load_weights
 
@@ -77,25 +76,26 @@ def exactness(size: int, tile: int) -> list[dict[str, object]]:
     return rows
 
 
-def _optimizer(name: str, history_size: int):
-    from style_exp.spec.settings import AdamSettings, LBFGSSettings
+def _loop(name: str, history_size: int, log_every: int):
+    """The optimiser ``name``, run for every one of its steps."""
+    from style_exp.spec.settings import AdamSettings, LBFGSSettings, LoopSettings, StopSettings
 
-    return AdamSettings() if name == "adam" else LBFGSSettings(history_size=history_size)
+    optimizer = AdamSettings() if name == "adam" else LBFGSSettings(history_size=history_size)
+    return LoopSettings(optimizer=optimizer, stop=StopSettings(tolerance=0.0), log_every=log_every)
 
 
 def probe(size: int, tile: int, precision: str, steps: int, optimizer: str,
           history_size: int) -> dict[str, object]:
     """A few steps in this (fresh) process: peak RSS and steady time per step."""
-    from style_exp.engine.stylize import build_network, stylize
+    from style_exp.engine.objective import build_network
+    from style_exp.engine.stylize import stylize
     from style_exp.engine.weights import load_weights
-    from style_exp.spec.settings import StopSettings
 
     problem = _problem(size)
     network = build_network(load_weights(), problem.loss, "max", precision)
     stamps: list[float] = []
-    stylize(problem, network, problem.content, _optimizer(optimizer, history_size), steps,
-            log_every=1, tile=tile, stop=StopSettings(tolerance=0.0),
-            callback=lambda _progress: stamps.append(time.perf_counter()))
+    stylize(problem, network, problem.content, _loop(optimizer, history_size, 1), steps,
+            tile=tile, callback=lambda _progress: stamps.append(time.perf_counter()))
     height, width = problem.content.shape[:2]
     step_s = statistics.median(b - a for a, b in itertools.pairwise(stamps[1:]))
     return {"image": f"{width}x{height}", "mode": f"tiles of {tile}" if tile else "untiled",
@@ -110,17 +110,16 @@ def final_images(size: int, tile: int, iterations: int, optimizer: str, history_
     import numpy as np
 
     from style_exp.engine.images import save_image
-    from style_exp.engine.stylize import build_network, stylize
+    from style_exp.engine.objective import build_network
+    from style_exp.engine.stylize import stylize
     from style_exp.engine.weights import load_weights
-    from style_exp.spec.settings import StopSettings
 
     problem = _problem(size)
     network = build_network(load_weights(), problem.loss, "max", precision)
     images, rows = [], []
     for tiles in (0, tile):
-        result = stylize(problem, network, problem.content, _optimizer(optimizer, history_size),
-                         iterations, log_every=iterations, tile=tiles,
-                         stop=StopSettings(tolerance=0.0))
+        result = stylize(problem, network, problem.content,
+                         _loop(optimizer, history_size, iterations), iterations, tile=tiles)
         images.append(result.image)
         rows.append({"mode": f"tiles of {tiles}" if tiles else "untiled",
                      **{name: result.metrics[f"loss/{name}"]

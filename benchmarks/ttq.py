@@ -155,7 +155,7 @@ class Scorer:
     def __init__(self, network, content: str, style: str, size: int, style_side: int):
         from benchmarks.precision import SEED_LOSS
         from style_exp.engine.images import load_image
-        from style_exp.engine.stylize import Problem, compute_targets
+        from style_exp.engine.objective import Problem, compute_targets
 
         self.network = network
         self.problem = Problem(load_image(content, size), [load_image(style, style_side)], [1.0],
@@ -428,7 +428,7 @@ def main() -> None:
     from benchmarks.precision import SEED_LOSS
     from style_exp.app.tracking import experiment_id
     from style_exp.engine.images import image_size, load_image
-    from style_exp.engine.stylize import build_network
+    from style_exp.engine.objective import build_network
     from style_exp.engine.weights import load_weights
 
     experiment_id(uri, args.experiment)  # the store exists before any run is timed

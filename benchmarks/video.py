@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -25,12 +26,11 @@ from style_exp.app.schema import default_tracking_uri
 from style_exp.app.tables import write_tables
 from style_exp.app.tracking import environment_tags, experiment_id
 from style_exp.engine.images import load_image, resize, save_image
-from style_exp.engine.losses import LossWeights
-from style_exp.engine.optim import AdamSettings
-from style_exp.engine.stylize import Problem, build_network
+from style_exp.engine.objective import Problem, build_network
 from style_exp.engine.video import Frame, FrameStore, stylize_video
 from style_exp.engine.weights import IMAGENET_MEAN_RGB, load_weights
-from style_exp.spec.settings import VIDEO_INITS, VideoSettings
+from style_exp.spec.loss import LossSettings, LossWeights
+from style_exp.spec.settings import VIDEO_INITS, AdamSettings, LoopSettings, VideoSettings
 
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", Path(__file__).resolve().parents[2]
                              / "shared" / "images"))
@@ -56,16 +56,31 @@ def make_clips(photo: np.ndarray, width: int, height: int, frames: int,
     return clips
 
 
-def run_mode(frames: list[np.ndarray], style: np.ndarray, loss: LossWeights, network,
-             settings: VideoSettings, lr: float) -> list[Frame]:
-    def start(index: int, frame: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True, eq=False)
+class NoiseStarted:
+    """The ``FrameMaker``: each frame in the style of ``style``, its optimised image as the
+    output frame, an independent frame started from the paper's noise."""
+
+    style: np.ndarray
+    loss: LossWeights
+
+    def problem_for(self, frame: np.ndarray) -> Problem:
+        return Problem(frame, [self.style], [1.0], self.loss)
+
+    def finish(self, image: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        return image
+
+    def start_image(self, index: int, frame: np.ndarray) -> np.ndarray:
         noise = np.random.default_rng(index).normal(0, 0.256, frame.shape)
         return (IMAGENET_MEAN_RGB + noise).astype(np.float32)
 
+
+def run_mode(frames: list[np.ndarray], style: np.ndarray, loss: LossWeights, network,
+             settings: VideoSettings, lr: float) -> list[Frame]:
     with tempfile.TemporaryDirectory() as workdir:
-        return stylize_video(frames, lambda f: Problem(f, [style], [1.0], loss),
-                             lambda image, _frame: image, start, network, AdamSettings(lr=lr),
-                             settings, FrameStore(Path(workdir)), settings.first_frame_iterations)
+        return stylize_video(frames, NoiseStarted(style, loss), network,
+                             LoopSettings(optimizer=AdamSettings(lr=lr)), settings,
+                             FrameStore(Path(workdir)), settings.first_frame_iterations)
 
 
 def summarise(clip: str, mode: str, done: list[Frame], baseline_style: float | None
@@ -104,8 +119,7 @@ def main() -> None:
 
     clips = make_clips(load_image(args.photo), args.width, args.height, args.frames, args.pans)
     style = load_image(args.style, max(args.width, args.height))
-    loss = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
-                       {f"relu{i}_1": 0.2 for i in range(1, 6)})
+    loss = LossSettings().weights()
     network = build_network(load_weights(), loss, "max")
     rows = []
     for clip, frames in clips.items():

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -14,10 +19,18 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
 
+from style_exp.app import preflight
+from style_exp.app.parse import parse
 from style_exp.app.schema import register_schemas
 from style_exp.cluster.launchers import register_launchers
 from style_exp.engine.weights import VGGWeights, load_weights
+from style_exp.spec.runspec import Provenance, RunSpec
+
+if TYPE_CHECKING:
+    from style_exp.engine.progress import Result
+    from style_exp.engine.video import Frame
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED_IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", PROJECT.parent / "shared" / "images"))
@@ -50,6 +63,10 @@ def stripes_image(height: int, width: int) -> np.ndarray:
     return palette[phase]
 
 
+# A line of TensorFlow's native (absl) log, e.g. "I0000 00:00:1.2 3 port.cc:153] oneDNN ...".
+NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} [\d:. ]+\d+ [\w.]+:\d+\] ", re.MULTILINE)
+
+
 @pytest.fixture
 def compose_config():
     """Compose the project's Hydra config with overrides, as `run.py` would."""
@@ -59,6 +76,26 @@ def compose_config():
             return compose(config_name="config", overrides=overrides or [])
 
     return _compose
+
+
+@pytest.fixture
+def parse_config(compose_config):
+    """The RunSpec of a command line's overrides, composed and parsed as ``run.py`` does."""
+
+    def _parse(overrides: list[str] | None = None) -> RunSpec:
+        return parse(compose_config(overrides), overrides or [])
+
+    return _parse
+
+
+def run_config(cfg: DictConfig, output_dir: Path, overrides: list[str] | tuple[str, ...] = (),
+               tags: dict[str, str] | None = None) -> Result | list[Frame]:
+    """A composed config run in this process as ``run.py`` runs a job: parsed, checked
+    (the preflight's plan) and executed."""
+    from style_exp.app.execute import execute
+
+    plan = preflight.check(parse(cfg, overrides))
+    return execute(plan, output_dir, Provenance(tuple(overrides), tags or {}))
 
 
 def require_shared_images() -> Path:
@@ -72,6 +109,41 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300,
     """``python run.py ARGS`` as a user would type it, with its output captured."""
     return subprocess.run([sys.executable, str(PROJECT / "run.py"), *args], cwd=cwd,
                           env=cli_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+# A sweep's launching process ends this soon after printing its summary, or it is hung
+# (loky's idle workers once kept it for 300 s): the issue's bound, with room for CI's load.
+EXIT_AFTER_SUMMARY_S = 10.0
+
+
+@dataclass(frozen=True)
+class SweepDone:
+    """A finished ``run.py -m`` process: its output, and how long it lived after its summary."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    after_summary_s: float  # from the summary's first line on stdout to the exit; inf: none
+
+
+def run_sweep(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+              timeout: float = 300) -> SweepDone:
+    """``python run.py -m ...`` (``args`` after ``run.py``), timing its exit after its summary."""
+    process = subprocess.Popen([sys.executable, str(PROJECT / "run.py"), *args], cwd=cwd,
+                               env=env or cli_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    stdout, summary_at, stderr = [], [], []
+    reader = threading.Thread(target=lambda: stderr.append(process.stderr.read()), daemon=True)
+    reader.start()
+    for line in process.stdout:
+        stdout.append(line)
+        if line.startswith("Sweep ") and not summary_at:
+            summary_at.append(time.monotonic())
+    process.wait(timeout=timeout)
+    ended = time.monotonic()
+    reader.join(timeout=10)
+    return SweepDone(process.returncode, "".join(stdout), "".join(stderr),
+                     ended - summary_at[0] if summary_at else math.inf)
 
 
 def cli_env(**env: str) -> dict[str, str]:

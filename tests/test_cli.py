@@ -45,9 +45,12 @@ def test_input_files_are_checked_before_tensorflow_and_any_run(tmp_path, photos)
     photo, painting = photos
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    clip = tmp_path / "broken.mp4"
+    clip.write_bytes(b"\x00" * 64)
     cases = {
         f"content={tmp_path / 'nope.jpg'}": f"error: image file not found ({tmp_path}/nope.jpg)",
         f"content={broken}": f"({broken})",
+        f"content={clip}": f"({clip})",
         f"content='{tmp_path / 'phötö ü.jpg'}'": f"not found ({tmp_path / 'phötö ü.jpg'})",
     }
     for content, line in cases.items():
@@ -68,11 +71,13 @@ def test_preflight_loads_neither_tensorflow_nor_mlflow(tmp_path, photos):
         "from hydra import compose, initialize_config_dir\n"
         "from style_exp.app.schema import register_schemas\n"
         "from style_exp.app import preflight\n"
+        "from style_exp.app.parse import parse\n"
         "register_schemas()\n"
         f"with initialize_config_dir(config_dir={str(PROJECT / 'conf')!r}, version_base='1.3'):\n"
         f"    cfg = compose(config_name='config', overrides=['content={photo}', "
         f"'style={painting}', 'tracking.uri=sqlite:///{tmp_path}/m.db'])\n"
-        "preflight.check(cfg)\n"
+        "plan = preflight.check(parse(cfg))\n"
+        "assert plan.tile == 0 and plan.peak_bytes > 0\n"
         "print(*sorted({name.split('.')[0] for name in sys.modules}))\n")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True,
                             text=True, check=True).stdout.split()

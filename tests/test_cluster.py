@@ -17,25 +17,35 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT, cli_env, gradient_image, stripes_image
+from conftest import (
+    EXIT_AFTER_SUMMARY_S,
+    PROJECT,
+    cli_env,
+    gradient_image,
+    run_config,
+    run_sweep,
+    stripes_image,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from style_exp.app import compare, resources, schema
-from style_exp.app import execute as app
-from style_exp.app.schema import ConfigError
+from style_exp.app import compare, parse, resources
 from style_exp.app.sweeps import sweep_id
+from style_exp.app.tracking import experiment_id
 from style_exp.cluster import server
 from style_exp.engine import video
 from style_exp.engine.videoio import write_video
 from style_exp.engine.weights import default_cache_dir
+from style_exp.spec.settings import ConfigError
 
 CLUSTER_EXPERIMENT = "cluster"
 TINY = ["size=48", "iterations=5", "progress=false", "tracking.log_every=1"]
@@ -213,11 +223,12 @@ def ray_sweep(team_server, ray_head, tmp_path_factory, weights):
     root = tmp_path_factory.mktemp("ray_sweep")
     env = {**os.environ, **team_server.env, **RAY_ENV,
            "STYLE_EXP_CACHE": str(default_cache_dir()), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = cli([str(PROJECT / "run.py"), "-m", "hydra/launcher=ray",
-                f"hydra.launcher.ray.init.address={ray_head.address}", "seed=0,1,2,3", *TINY,
-                "determinism=true", f"tracking.experiment={CLUSTER_EXPERIMENT}",
-                f"hydra.sweep.dir={root / 'sweep'}"], env, root, timeout=400)
+    done = run_sweep(["-m", "hydra/launcher=ray",
+                      f"hydra.launcher.ray.init.address={ray_head.address}", "seed=0,1,2,3",
+                      *TINY, "determinism=true", f"tracking.experiment={CLUSTER_EXPERIMENT}",
+                      f"hydra.sweep.dir={root / 'sweep'}"], root, env, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.after_summary_s < EXIT_AFTER_SUMMARY_S  # the driver disconnects at once
     return done, root
 
 
@@ -346,21 +357,22 @@ def test_video_resume_downloads_frames_from_the_server(client_env, compose_confi
 
     monkeypatch.setattr(video, "stylize", interrupted_at_frame_2)
     with pytest.raises(KeyboardInterrupt):
-        app.run(cfg, tmp_path / "first", overrides)
+        run_config(cfg, tmp_path / "first", overrides)
     shutil.rmtree(tmp_path / "first")  # as if it had run on another worker
     monkeypatch.setattr(video, "stylize", original)
     resumed = compose_config([*overrides, "video.resume=true"])
-    app.run(resumed, tmp_path / "second", [*overrides, "video.resume=true"])
+    run_config(resumed, tmp_path / "second", [*overrides, "video.resume=true"])
     _, runs = experiment_runs(client_env.url, "video_cluster", "attributes.status = 'FINISHED'")
     assert runs[0].data.tags["video.reused_frames"] == "2"
 
 
 def test_submitit_local_sweep_logs_to_the_team_server(client_env, tmp_path):
     env = {**os.environ, **client_env.env, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = cli([str(PROJECT / "run.py"), "-m", "hydra/launcher=submitit_local", "seed=0,1",
-                *TINY, "tracking.experiment=submitit", "hydra.launcher.timeout_min=10",
-                f"hydra.sweep.dir={tmp_path / 'sweep'}"], env, tmp_path, timeout=400)
+    done = run_sweep(["-m", "hydra/launcher=submitit_local", "seed=0,1", *TINY,
+                      "tracking.experiment=submitit", "hydra.launcher.timeout_min=10",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, env, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.after_summary_s < EXIT_AFTER_SUMMARY_S
     assert client_env.password not in done.stdout + done.stderr
     _, runs = experiment_runs(client_env.url, "submitit")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
@@ -369,6 +381,24 @@ def test_submitit_local_sweep_logs_to_the_team_server(client_env, tmp_path):
     assert {r.data.tags["sweep_id"] for r in runs} == {sweep}
     assert printed_compare_command(done.stdout, sweep, 2) == [
         "python", "-m", "style_exp.compare", "--sweep", sweep, "--experiment", "submitit"]
+
+
+def test_parallel_jobs_agree_on_one_new_experiment_on_the_server(client_env):
+    """Four jobs starting at once into an experiment that does not exist yet (a parallel
+    sweep into a new experiment), five times over: no job fails, all take one experiment.
+    PostgreSQL refuses all but one creation; the others must take the winner's."""
+    for attempt in range(5):
+        name = f"race-{attempt}-{secrets.token_hex(3)}"
+        start = threading.Barrier(4)
+
+        def job(name: str = name, start: threading.Barrier = start) -> str:
+            start.wait()
+            return experiment_id(client_env.url, name)
+
+        with ThreadPoolExecutor(4) as pool:
+            ids = [future.result() for future in [pool.submit(job) for _ in range(4)]]
+        assert len(set(ids)) == 1, ids
+        assert MlflowClient(client_env.url).get_experiment_by_name(name).experiment_id == ids[0]
 
 
 def test_new_users_may_read_but_not_write(client_env, monkeypatch):
@@ -459,8 +489,8 @@ def test_server_refuses_a_file_as_dir(tmp_path, capsys):
 
 def test_tracking_uri_with_a_password_is_refused():
     with pytest.raises(ConfigError, match="must not contain a password"):
-        schema.without_credentials("http://admin:hunter2@127.0.0.1:5000")
-    assert schema.without_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+        parse.without_credentials("http://admin:hunter2@127.0.0.1:5000")
+    assert parse.without_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
 def test_launcher_presets_compose_from_the_readme_commands():

@@ -8,15 +8,19 @@ from conftest import PROJECT
 
 from style_exp.app.console import compare_command, run_summary, sweep_summary
 from style_exp.app.labels import run_name, short_keys
-from style_exp.app.sweeps import sweep_id
+from style_exp.app.sweeps import JobOutcome, sweep_id
 from style_exp.app.tracking import dashboard_url, run_params, ui_command
 
 
-def test_run_names_say_what_the_run_is_and_what_differs():
-    assert run_name("/x/tubingen.jpg", "/y/starry_night.jpg", 1) == "tubingen x starry_night"
-    assert run_name("t.jpg", ["a.jpg", "b.png"], 1, {"loss.style_weight": "5000"}) == \
+def test_run_names_say_what_the_run_is_and_what_differs(parse_config):
+    def name(overrides: list[str], swept: dict[str, str] | None = None) -> str:
+        return run_name(parse_config(overrides).inputs, swept)
+
+    assert name(["content=/x/tubingen.jpg", "style=/y/starry_night.jpg"]) == \
+        "tubingen x starry_night"
+    assert name(["content=t.jpg", "style=[a.jpg,b.png]"], {"loss.style_weight": "5000"}) == \
         "t x a+b · style_weight=5000"
-    assert run_name(None, None, 2, {"seed": "1"}) == "grace_hopper x night_swirls+embers · seed=1"
+    assert name(["demo.styles=2"], {"seed": "1"}) == "grace_hopper x night_swirls+embers · seed=1"
 
 
 def test_short_keys_stay_apart_when_their_last_parts_clash():
@@ -62,6 +66,19 @@ def test_summaries_name_the_run_or_sweep_and_where_to_look():
     assert compare_command("S1", "other", "http://h") == (
         "python -m style_exp.compare --sweep S1 --experiment other --tracking-uri http://h")
     assert "Sweep S1: 3 runs" in sweep_summary("S1", 3, command, "http://h/#/s", None)
+
+
+def test_a_sweep_summary_counts_its_jobs_and_names_those_that_did_not_finish():
+    outcomes = [JobOutcome(0, ("seed=0",), "finished"),
+                JobOutcome(1, ("seed=1",), "failed", 1, "not enough memory (size=4096)"),
+                JobOutcome(2, ("seed=2",), "killed", 143, "stopped by SIGTERM after step 3")]
+    lines = sweep_summary("S1", 2, "python -m style_exp.compare --sweep S1", "http://h/#/s",
+                          None, outcomes).splitlines()
+    assert lines[:3] == ["Sweep S1: 3 jobs, 1 finished, 1 failed, 1 killed",
+                         "  failed     job 1 (seed=1): not enough memory (size=4096)",
+                         "  killed     job 2 (seed=2): stopped by SIGTERM after step 3"]
+    finished = sweep_summary("S1", 1, "c", "http://h/#/s", None, outcomes[:1])
+    assert finished.splitlines()[0] == "Sweep S1: 1 run"
 
 
 def test_help_describes_the_main_keys_and_hides_the_schemas():

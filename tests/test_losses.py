@@ -5,7 +5,6 @@ import pytest
 import tensorflow as tf
 
 from style_exp.engine.losses import (
-    LossWeights,
     Targets,
     content_loss,
     gram_matrix,
@@ -14,6 +13,7 @@ from style_exp.engine.losses import (
     temporal_loss,
     total_variation_loss,
 )
+from style_exp.spec.loss import LossWeights
 
 RNG = np.random.default_rng(42)
 

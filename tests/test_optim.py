@@ -5,32 +5,27 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import gradient_image, stripes_image, write_image
+from conftest import gradient_image, run_config, stripes_image, write_image
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from style_exp.app import execute as app
+from style_exp.app import preflight
 from style_exp.app.job import prepare
-from style_exp.app.schema import ConfigError, layer_weights, scale_plan, settings_from, validate
+from style_exp.app.parse import parse, scale_plan
 from style_exp.engine import color
-from style_exp.engine.init import InitSettings, initial_image
-from style_exp.engine.losses import LossWeights
-from style_exp.engine.optim import LBFGS, AdamSettings, LBFGSSettings, learning_rate
+from style_exp.engine.adam import learning_rate
+from style_exp.engine.init import initial_image
+from style_exp.engine.lbfgs import LBFGS
+from style_exp.engine.objective import Problem, build_network, compute_targets, loss_and_gradient
 from style_exp.engine.progress import Interrupted
-from style_exp.engine.stylize import (
-    Problem,
-    build_network,
-    compute_targets,
-    loss_and_gradient,
-    rescaled,
-    stylize,
-    stylize_scales,
-)
+from style_exp.engine.stylize import rescaled, stylize, stylize_scales
 from style_exp.engine.weights import IMAGENET_MEAN_RGB
+from style_exp.spec.loss import LossSettings, layer_weights
+from style_exp.spec.runspec import Scale
+from style_exp.spec.settings import AdamSettings, ConfigError, LBFGSSettings, LoopSettings
 
 BOUNDED_DIRECTION_TOLERANCE = 1e-3  # relative L2 difference of two directions; 2e-4 measured
-LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
-                   {f"relu{i}_1": 0.2 for i in range(1, 6)})
+LOSS = LossSettings().weights()
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +54,17 @@ def _final_loss(result):
     LBFGSSettings(),
 ], ids=["adam", "exponential", "step", "cosine", "lbfgs"])
 def test_every_optimiser_and_schedule_lowers_the_loss(problem, network, optimizer):
-    result = stylize(problem, network, _noise(problem.content.shape), optimizer, 20, log_every=5)
+    result = stylize(problem, network, _noise(problem.content.shape),
+                     LoopSettings(optimizer=optimizer, log_every=5), 20)
     assert _final_loss(result) < 0.5 * result.history[0][1]["loss/total"]
     assert {"loss/total", "loss/content", "loss/style", "loss/tv"} <= set(result.history[-1][1])
 
 
 def test_lbfgs_beats_adam_at_equal_steps(problem, network):
     init = _noise(problem.content.shape)
-    adam = stylize(problem, network, init, AdamSettings(), 15, log_every=15)
-    lbfgs = stylize(problem, network, init, LBFGSSettings(), 15, log_every=15)
+    adam, lbfgs = (
+        stylize(problem, network, init, LoopSettings(optimizer=optimizer, log_every=15), 15)
+        for optimizer in (AdamSettings(), LBFGSSettings()))
     assert _final_loss(lbfgs) < _final_loss(adam)
     assert lbfgs.history[-1][1]["lbfgs/evaluations"] >= 15
     assert lbfgs.image.min() >= 0.0 and lbfgs.image.max() <= 255.0
@@ -75,7 +72,7 @@ def test_lbfgs_beats_adam_at_equal_steps(problem, network):
 
 def test_lbfgs_stops_cleanly_on_convergence(problem, network):
     result = stylize(problem, network, _noise(problem.content.shape),
-                     LBFGSSettings(ftol=0.5), 50, log_every=10)
+                     LoopSettings(optimizer=LBFGSSettings(ftol=0.5), log_every=10), 50)
     assert result.steps < 50
     assert "CONVERGENCE" in result.stop_reason.upper()
     assert result.history[-1][0] == result.steps
@@ -83,7 +80,7 @@ def test_lbfgs_stops_cleanly_on_convergence(problem, network):
 
 def test_lbfgs_stops_on_small_projected_gradient(problem, network):
     result = stylize(problem, network, _noise(problem.content.shape),
-                     LBFGSSettings(gtol=1e9), 50, log_every=10)
+                     LoopSettings(optimizer=LBFGSSettings(gtol=1e9), log_every=10), 50)
     assert result.steps == 1 and result.stop_reason.startswith("convergence: projected gradient")
 
 
@@ -142,8 +139,9 @@ def test_bounded_memory_lbfgs_gives_the_ordinary_direction():
 
 def test_smoothing_lowers_the_loss_faster(problem, network):
     init = _noise(problem.content.shape)
-    plain = stylize(problem, network, init, LBFGSSettings(smoothing=0.0), 30, log_every=30)
-    smoothed = stylize(problem, network, init, LBFGSSettings(), 30, log_every=30)
+    plain, smoothed = (
+        stylize(problem, network, init, LoopSettings(optimizer=optimizer, log_every=30), 30)
+        for optimizer in (LBFGSSettings(smoothing=0.0), LBFGSSettings()))
     assert _final_loss(smoothed) < _final_loss(plain)
 
 
@@ -160,7 +158,8 @@ def test_lbfgs_interrupt_keeps_best_image(problem, network):
             raise KeyboardInterrupt
 
     with pytest.raises(Interrupted) as caught:
-        stylize(problem, network, start, LBFGSSettings(), 50, log_every=1, checkpoint_every=1,
+        stylize(problem, network, start,
+                LoopSettings(optimizer=LBFGSSettings(), log_every=1, checkpoint_every=1), 50,
                 callback=interrupt)
     result = caught.value.result
     assert result.interrupted and result.steps == 3
@@ -208,7 +207,8 @@ def test_the_compiled_step_follows_the_schedule(problem, network, schedule):
     def record(progress):
         images[progress.step], rates[progress.step] = progress.image, progress.metrics["lr"]
 
-    stylize(problem, network, start, settings, 8, log_every=1, checkpoint_every=1,
+    stylize(problem, network, start,
+            LoopSettings(optimizer=settings, log_every=1, checkpoint_every=1), 8,
             callback=record, require_progress=False)
     expected = {t: HAND_SCHEDULES[schedule](settings.lr, settings.decay_rate, t,
                                             settings.decay_steps) for t in range(1, 9)}
@@ -222,8 +222,9 @@ def test_the_compiled_step_follows_the_schedule(problem, network, schedule):
 def test_multiscale_produces_final_size_and_numbers_steps_across_scales(problem, network):
     full = Problem(gradient_image(48, 64), [stripes_image(64, 64)], [1.0], LOSS)
     events = []
-    result = stylize_scales(lambda side: rescaled(full, side), [32, 64], [6, 4], network,
-                            _noise((48, 64, 3)), AdamSettings(), log_every=2,
+    result = stylize_scales(lambda side: rescaled(full, side), [Scale(32, 6), Scale(64, 4)],
+                            network, _noise((48, 64, 3)),
+                            LoopSettings(optimizer=AdamSettings(), log_every=2),
                             callback=events.append)
     assert result.image.shape == (48, 64, 3)
     sizes = {e.step: e.metrics["scale/size"] for e in events}
@@ -264,34 +265,37 @@ def test_style_layer_exponent_shifts_weight_to_coarse_layers():
 
 
 def test_pooling_changes_the_result(weights, problem):
-    results = [stylize(problem, build_network(weights, LOSS, pooling), _noise(
-        problem.content.shape), AdamSettings(), 3, log_every=3) for pooling in ("max", "avg")]
+    results = [stylize(problem, build_network(weights, LOSS, pooling),
+                       _noise(problem.content.shape),
+                       LoopSettings(optimizer=AdamSettings(), log_every=3), 3)
+               for pooling in ("max", "avg")]
     assert not np.allclose(results[0].image, results[1].image)
 
 
 @pytest.mark.parametrize("override, message", [
     ("scales=[64,32]", r"must be positive and increasing.* \(scales\)"),
-    ("scales=[32,64]", r"must end at size=512.* \(scales\)"),
+    ("scales=[32,64]", r"must end at size=256.* \(scales\)"),  # the demo's size
     ("scale_iterations=[5,5]", r"positive count for each of the 1 scales.* \(scale_iterations\)"),
     ("optimizer=adam optimizer.schedule=linear", r"must be one of.* \(optimizer.schedule\)"),
     ("loss.style_layer_exponent=-1", r"must be positive.* \(loss.style_layer_exponent\)"),
     ("init.noise_ratio=1.5", r"must be in \[0, 1\].* \(init.noise_ratio\)"),
     ("color=sepia", r"must be one of.* \(color\)"),
 ])
-def test_bad_values_fail_before_computation(compose_config, override, message):
+def test_bad_values_fail_before_computation(parse_config, override, message):
     with pytest.raises(ConfigError, match=message):
-        validate(compose_config(override.split()))
+        parse_config(override.split())
 
 
 def test_bad_lbfgs_value(compose_config):
     with pytest.raises(ConfigError, match=r"must be positive.* \(optimizer.history_size\)"):
-        validate(compose_config(["optimizer=lbfgs", "optimizer.history_size=0"]))
+        parse(compose_config(["optimizer=lbfgs", "optimizer.history_size=0"]))
 
 
 def test_scale_plan(compose_config):
-    assert scale_plan(compose_config(["size=256"])) == ([256], [1000])
-    cfg = compose_config(["size=256", "scales=[64,128,256]", "scale_iterations=[30,20,10]"])
-    assert scale_plan(cfg) == ([64, 128, 256], [30, 20, 10])
+    assert parse(compose_config(["size=256", "content=c.jpg", "style=s.jpg"])).scales == (
+        Scale(256, 1000),)
+    assert scale_plan([64, 128, 256], [30, 20, 10], 256, 1000) == (
+        Scale(64, 30), Scale(128, 20), Scale(256, 10))
 
 
 def _quadrants(height: int, width: int) -> np.ndarray:
@@ -312,7 +316,7 @@ def test_init_kinds_start_from_their_picture_at_the_content_shape(compose_config
     start = write_image(tmp_path / "start.png", _quadrants(40, 80))
     cfg = compose_config([f"init={kind}", *([f"init.path={start}"] if kind == "image" else [])])
     content, styles = gradient_image(24, 32), [_quadrants(40, 40), stripes_image(24, 32)]
-    image = initial_image(settings_from(cfg.init, InitSettings), content, styles,
+    image = initial_image(parse(cfg).init, content, styles,
                           np.random.default_rng(0))
     assert image.shape == content.shape
     expected = content if kind == "content" else _quadrants(24, 32)
@@ -323,7 +327,7 @@ def test_init_kinds_start_from_their_picture_at_the_content_shape(compose_config
 
 def test_noise_start_is_the_mean_pixel_plus_seeded_gaussian_noise(compose_config):
     """README: mean pixel + N(0, init.noise_scale), differing by seed and only by seed."""
-    settings = settings_from(compose_config(["init=noise"]).init, InitSettings)
+    settings = parse(compose_config(["init=noise"])).init
     content = gradient_image(48, 64)
 
     def start(seed: int) -> np.ndarray:
@@ -340,11 +344,11 @@ def test_noise_start_is_the_mean_pixel_plus_seeded_gaussian_noise(compose_config
 
 @pytest.mark.parametrize("init", [["init=noise"], ["init=content", "init.noise_ratio=0.5"]],
                          ids=["noise", "noise_ratio"])
-def test_the_config_seed_sets_the_runs_start_image(compose_config, init):
+def test_the_config_seed_sets_the_runs_start_image(parse_config, init):
     """README: ``seed`` seeds the initial noise (``init=noise``, ``init.noise_ratio``).
     Through ``job.prepare``, where every run gets its start image."""
     def start(seed: int) -> np.ndarray:
-        return prepare(compose_config([*init, f"seed={seed}", "size=32"])).init
+        return prepare(preflight.check(parse_config([*init, f"seed={seed}", "size=32"]))).init
 
     first = start(1)
     np.testing.assert_array_equal(start(1), first)
@@ -354,7 +358,7 @@ def test_the_config_seed_sets_the_runs_start_image(compose_config, init):
 def test_init_noise_ratio_blends(compose_config):
     cfg = compose_config(["init=content", "init.noise_ratio=0.5", "init.noise_scale=0"])
     content = gradient_image(24, 32)
-    image = initial_image(settings_from(cfg.init, InitSettings), content, [],
+    image = initial_image(parse(cfg).init, content, [],
                           np.random.default_rng(0))
     np.testing.assert_allclose(image, 0.5 * content + 0.5 * IMAGENET_MEAN_RGB, atol=1e-3)
 
@@ -367,7 +371,7 @@ def test_multiscale_lbfgs_colour_run_logs_every_scale(compose_config, tmp_path):
     overrides = [f"content={content}", f"style={style}", "size=64", "scales=[32,64]",
                  "scale_iterations=[6,4]", "optimizer=lbfgs", "color=luminance",
                  "tracking.log_every=2", f"tracking.uri={uri}", "progress=false"]
-    app.run(compose_config(overrides), tmp_path / "out", overrides)
+    run_config(compose_config(overrides), tmp_path / "out", overrides)
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("style_exp").experiment_id])[0]
     sizes = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "scale/size")}

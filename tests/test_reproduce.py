@@ -22,7 +22,15 @@ import PIL
 import pytest
 import scipy
 import tensorflow as tf
-from conftest import PROJECT, cli_env, gradient_image, run_cli, stripes_image, write_image
+from conftest import (
+    NATIVE_LOG_LINE,
+    PROJECT,
+    cli_env,
+    gradient_image,
+    run_cli,
+    stripes_image,
+    write_image,
+)
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -108,6 +116,7 @@ def test_reproduction_is_pixel_identical(recorded: Recorded, tmp_path: Path) -> 
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert f"identical: {tmp_path / 'again' / 'output.png'} matches run {recorded.run_id}" \
         in done.stdout
+    assert not NATIVE_LOG_LINE.search(done.stderr), done.stderr  # quiet, as run.py is
     original = pixels(recorded.artifact("output.png", tmp_path / "original"))
     assert np.array_equal(pixels(tmp_path / "again" / "output.png"), original)
     runs = recorded.client.search_runs(

@@ -1,21 +1,28 @@
-"""End to end: a composed config through `app.run` into an MLflow run, and the CLI."""
+"""End to end: a composed config parsed, planned and executed into an MLflow run, and the CLI."""
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT, cli_env, gradient_image, stripes_image
+from conftest import (
+    NATIVE_LOG_LINE,
+    PROJECT,
+    cli_env,
+    gradient_image,
+    run_config,
+    stripes_image,
+)
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from style_exp.app import execute as app
-from style_exp.app.schema import with_demo_defaults
+from style_exp.app import preflight
+from style_exp.app.execute import execute
 from style_exp.app.tracking import MetricsLogger
 from style_exp.engine.images import ImageError, load_image
 from style_exp.engine.progress import NoProgress
+from style_exp.spec.runspec import Provenance
 
 LOSS_KEYS = {"loss/total", "loss/content", "loss/style", "loss/tv"}
 
@@ -33,7 +40,7 @@ def _run(compose_config, tmp_path, overrides):
     (tmp_path / "store").mkdir(exist_ok=True)
     overrides = [*overrides, f"tracking.uri={uri}", "progress=false"]
     cfg = compose_config(overrides)
-    return uri, lambda: app.run(cfg, tmp_path / "out", overrides)
+    return uri, lambda: run_config(cfg, tmp_path / "out", overrides)
 
 
 def _only_run(uri):
@@ -86,15 +93,21 @@ def test_end_to_end_run_is_tracked(compose_config, tmp_path, inputs):
     assert result.metrics["loss/total"] == pytest.approx(history[-1].value, rel=1e-6)
 
 
-def test_missing_input_fails_the_run_with_the_reason(compose_config, tmp_path, inputs):
-    _, style = inputs
-    uri, run = _run(compose_config, tmp_path, [
-        f"content={tmp_path / 'nope.jpg'}", f"style={style}", "size=64", "iterations=5"])
-    with pytest.raises(ImageError, match="nope.jpg"):
-        run()
+def test_an_input_gone_after_the_checks_fails_the_run_with_the_reason(parse_config, tmp_path,
+                                                                     inputs):
+    """The preflight refuses a missing file before a run exists (test_cli); one removed
+    between the checks and the loading fails the run, which says why."""
+    content, style = inputs
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [f"content={content}", f"style={style}", "size=64", "iterations=5",
+                 f"tracking.uri={uri}", "progress=false"]
+    plan = preflight.check(parse_config(overrides))
+    content.unlink()
+    with pytest.raises(ImageError, match="content.png"):
+        execute(plan, tmp_path / "out", Provenance(tuple(overrides)))
     _, record = _only_run(uri)
     assert record.info.status == "FAILED"
-    assert "nope.jpg" in record.data.tags["error"]
+    assert "content.png" in record.data.tags["error"]
     assert not (tmp_path / "out" / "output.png").exists()
 
 
@@ -138,17 +151,6 @@ def test_interrupt_ends_killed_and_keeps_best_image(compose_config, tmp_path, in
     assert "output.png" in {a.path for a in client.list_artifacts(record.info.run_id)}
 
 
-def test_demo_defaults_apply_only_when_not_overridden(compose_config):
-    demo = with_demo_defaults(compose_config(), overridden=[])
-    assert (demo.size, demo.iterations) == (256, 300)
-    chosen = with_demo_defaults(compose_config(["size=96"]), overridden=["size"])
-    assert (chosen.size, chosen.iterations) == (96, 300)
-    real = with_demo_defaults(compose_config(["content=a.jpg", "style=b.jpg"]), [])
-    assert (real.size, real.iterations) == (512, 1000)
-
-
-# A line of TensorFlow's native (absl) log, e.g. "I0000 00:00:1.2 3 port.cc:153] oneDNN ...".
-NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} [\d:. ]+\d+ [\w.]+:\d+\] ", re.MULTILINE)
 
 
 @pytest.mark.parametrize("verbose", ["", "1"])

@@ -8,12 +8,13 @@ import numpy as np
 from conftest import require_shared_images
 from PIL import ExifTags
 
-from style_exp.app.job import loss_weights
-from style_exp.app.schema import optimizer_settings, settings_from, style_side
+from style_exp.app.parse import parse
 from style_exp.engine.images import image_size, load_image
-from style_exp.engine.init import InitSettings, initial_image
+from style_exp.engine.init import initial_image
+from style_exp.engine.objective import Problem, build_network
 from style_exp.engine.quality import CONTENT_DISTANCE, STYLE_DISTANCE, QualityMeter
-from style_exp.engine.stylize import Problem, build_network, stylize
+from style_exp.engine.stylize import stylize
+from style_exp.spec.runspec import style_side
 
 PHOTO, PAINTING = "stata.jpg", "dora_maar.jpg"  # the seed paper's Figure 3 pair
 SIZE = 64
@@ -50,15 +51,14 @@ def test_the_default_settings_stylise_a_real_pair(weights, compose_config):
     in a few iterations the photo takes on the painting's style, measured independently of
     the loss, and stays nearer the photo's content than the painting is."""
     images = require_shared_images()
-    cfg = compose_config()
+    spec = parse(compose_config())
     photo = load_image(images / PHOTO, SIZE)
-    painting = load_image(images / PAINTING, style_side(SIZE, cfg.style_scale))
-    loss = loss_weights(cfg)
-    init = initial_image(settings_from(cfg.init, InitSettings), photo, [painting],
-                         np.random.default_rng(cfg.seed))
+    painting = load_image(images / PAINTING, style_side(SIZE, spec.style_scale))
+    loss = spec.loss
+    init = initial_image(spec.init, photo, [painting], np.random.default_rng(spec.seed))
     result = stylize(Problem(photo, [painting], [1.0], loss),
-                     build_network(weights, loss, cfg.model.pooling), init,
-                     optimizer_settings(cfg.optimizer), 10, log_every=10)
+                     build_network(weights, loss, spec.model.pooling), init,
+                     spec.loop, 10)
     assert result.metrics["loss/total"] < 0.5 * result.history[0][1]["loss/total"]
     meter = QualityMeter(weights, photo, [painting], [1.0])
     before, after, model = meter(photo), meter(result.image), meter(painting)

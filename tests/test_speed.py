@@ -7,17 +7,17 @@ import pytest
 import tensorflow as tf
 from conftest import gradient_image, stripes_image
 
-from style_exp.app.schema import ConfigError, validate
-from style_exp.engine.losses import LossWeights, loss_terms
-from style_exp.engine.optim import AdamSettings
+from style_exp.app.parse import parse
+from style_exp.engine.losses import loss_terms
+from style_exp.engine.objective import Problem, build_network, compute_targets
 from style_exp.engine.progress import Result
-from style_exp.engine.stylize import Problem, build_network, compute_targets, stylize
+from style_exp.engine.stylize import stylize
 from style_exp.engine.vgg import VGG19Features
 from style_exp.engine.weights import IMAGENET_MEAN_RGB
-from style_exp.spec.settings import LBFGSSettings
+from style_exp.spec.loss import LossSettings
+from style_exp.spec.settings import AdamSettings, ConfigError, LBFGSSettings, LoopSettings
 
-LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
-                   {f"relu{i}_1": 0.2 for i in range(1, 6)})
+LOSS = LossSettings().weights()
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,8 @@ def test_low_precision_runs_convolutions_low_and_keeps_the_loss(weights, problem
     for name in ("content", "style", "total"):
         assert float(terms[0][name]) == pytest.approx(float(terms[1][name]), rel=0.02)
     assert terms[0]["total"].dtype == tf.float32
-    result = stylize(problem, network, _noise(problem.content.shape), AdamSettings(), 20,
-                     log_every=20)
+    result = stylize(problem, network, _noise(problem.content.shape),
+                     LoopSettings(optimizer=AdamSettings(), log_every=20), 20)
     assert result.image.dtype == np.float32
     assert result.metrics["loss/total"] < 0.5 * result.history[0][1]["loss/total"]
 
@@ -64,15 +64,16 @@ def _run_recording_steps(monkeypatch: pytest.MonkeyPatch, *args: Any,
 
 
 def test_xla_step_is_compiled_by_xla_and_matches_the_plain_step(weights, problem, monkeypatch):
-    """Matching losses alone would pass if ``jit_compile`` were dropped on the way: only a
+    """Matching losses alone would pass if ``loop.xla`` were dropped on the way: only a
     function marked for XLA yields XLA's program (HLO), and the plain one must not."""
     network = build_network(weights, LOSS, "max")
     init = _noise(problem.content.shape)
     targets = compute_targets(network, problem)
     compiled, compiled_steps = _run_recording_steps(
-        monkeypatch, problem, network, init, AdamSettings(), 5, log_every=5, jit_compile=True)
+        monkeypatch, problem, network, init,
+        LoopSettings(optimizer=AdamSettings(), log_every=5, xla=True), 5)
     plain, plain_steps = _run_recording_steps(
-        monkeypatch, problem, network, init, AdamSettings(), 5, log_every=5)
+        monkeypatch, problem, network, init, LoopSettings(optimizer=AdamSettings(), log_every=5), 5)
     assert len(compiled_steps) == len(plain_steps) == 1  # Adam's loop compiles one step
     assert "HloModule" in compiled_steps[0].experimental_get_compiler_ir(targets)(stage="hlo")
     with pytest.raises(ValueError, match="jit_compile"):
@@ -85,8 +86,9 @@ def test_lbfgs_step_compiles_with_xla_and_matches_the_plain_step(weights, proble
     compiles only as a scatter: ``xla=true`` must work with the default optimiser."""
     network = build_network(weights, LOSS, "max")
     init = _noise(problem.content.shape)
-    runs = [stylize(problem, network, init, LBFGSSettings(), 5, log_every=5, jit_compile=jit)
-            for jit in (True, False)]
+    runs = [stylize(problem, network, init,
+                    LoopSettings(optimizer=LBFGSSettings(), log_every=5, xla=xla), 5)
+            for xla in (True, False)]
     assert runs[0].steps == runs[1].steps == 5
     assert runs[0].metrics["loss/total"] == pytest.approx(runs[1].metrics["loss/total"],
                                                           rel=1e-2)
@@ -98,7 +100,8 @@ def test_the_step_is_traced_once(weights, problem, monkeypatch):
     original = VGG19Features.__call__
     monkeypatch.setattr(VGG19Features, "__call__",
                         lambda self, images: traces.append(1) or original(self, images))
-    stylize(problem, network, _noise(problem.content.shape), AdamSettings(), 12, log_every=3)
+    stylize(problem, network, _noise(problem.content.shape),
+            LoopSettings(optimizer=AdamSettings(), log_every=3), 12)
     # One eager call for the content target, one per style, one trace of the step.
     assert len(traces) == 1 + len(problem.styles) + 1
 
@@ -114,7 +117,7 @@ def test_multiply_adds_by_hand(weights):
 
 def test_precision_and_threads_are_validated(compose_config):
     with pytest.raises(ConfigError, match=r"must be one of.* \(precision\)"):
-        validate(compose_config(["precision=int8"]))
+        parse(compose_config(["precision=int8"]))
     with pytest.raises(ConfigError, match=r"must be non-negative.* \(threads.intra_op\)"):
-        validate(compose_config(["threads.intra_op=-1"]))
-    validate(compose_config(["precision=bfloat16", "xla=true", "threads.intra_op=2"]))
+        parse(compose_config(["threads.intra_op=-1"]))
+    parse(compose_config(["precision=bfloat16", "xla=true", "threads.intra_op=2"]))

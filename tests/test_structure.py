@@ -1,6 +1,8 @@
 """The architecture's rules: one source per default, every config option composes, layers."""
 
 import ast
+import dataclasses
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +12,21 @@ from conftest import PROJECT
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
 
-from style_exp.app.schema import settings_from, validate
-from style_exp.engine.init import InitSettings
-from style_exp.spec.settings import OPTIMIZERS, VideoSettings
+from style_exp.app import schema as schema_module
+from style_exp.app.parse import parse
+from style_exp.app.schema import settings_from
+from style_exp.spec.loss import LossSettings
+from style_exp.spec.runspec import RunSpec
+from style_exp.spec.settings import (
+    OPTIMIZERS,
+    ClipSettings,
+    InitSettings,
+    ModelSettings,
+    StopSettings,
+    ThreadSettings,
+    VideoSettings,
+)
 
 PACKAGE = PROJECT / "style_exp"
 # The layers, in order: each module imports only from its own layer and the ones before.
@@ -32,11 +44,31 @@ def _layer_modules(layer: str) -> list[str]:
     *[("optimizer", name, settings) for name, settings in OPTIMIZERS.items()],
     ("init", "noise", InitSettings),
     ("video", "default", VideoSettings),
+    ("video", "default", ClipSettings),
+    ("loss", "gatys", LossSettings),
+    ("model", "vgg19", ModelSettings),
 ])
 def test_library_schema_and_yaml_defaults_agree(compose_config, group, option, settings):
     """What the CLI composes by default is what a library user gets from ``settings()``."""
     composed = compose_config([f"{group}={option}"])[group]
     assert settings_from(composed, settings) == settings()
+
+
+def test_the_schemas_made_from_settings_travel_to_a_launchers_workers():
+    """joblib's workers receive the composed config's classes pickled: by reference, with
+    every field (a class pickled by value lost its dataclass fields: a sweep's jobs then
+    failed to compose)."""
+    import cloudpickle
+
+    for schema in [schema_module.LossConfig, schema_module.VideoConfig,
+                   *schema_module.OPTIMIZER_SCHEMAS.values()]:
+        travelled = pickle.loads(cloudpickle.dumps(schema))
+        assert travelled is schema and dataclasses.fields(travelled)
+
+
+@pytest.mark.parametrize("key, settings", [("stop", StopSettings), ("threads", ThreadSettings)])
+def test_keys_without_a_group_default_to_the_settings_too(compose_config, key, settings):
+    assert settings_from(compose_config()[key], settings) == settings()
 
 
 def test_every_optimizer_has_its_yaml_and_every_yaml_its_optimizer():
@@ -47,9 +79,9 @@ def test_every_optimizer_has_its_yaml_and_every_yaml_its_optimizer():
 @pytest.mark.parametrize("group, option", sorted(
     (path.parent.name, path.stem) for path in (PROJECT / "conf").glob("*/*.yaml")
     if path.parent.name != "experiment"))
-def test_every_config_option_composes_and_validates(compose_config, group, option):
+def test_every_config_option_composes_and_parses(parse_config, group, option):
     extra = ["init.path=start.png"] if (group, option) == ("init", "image") else []
-    validate(compose_config([f"{group}={option}", *extra]))
+    assert isinstance(parse_config([f"{group}={option}", *extra]), RunSpec)
 
 
 def _sweep_jobs(experiment: str) -> list[list[str]]:
@@ -67,13 +99,13 @@ def _sweep_jobs(experiment: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("experiment", sorted(
     path.stem for path in (PROJECT / "conf" / "experiment").glob("*.yaml")))
-def test_every_job_of_every_experiment_preset_composes_and_validates(compose_config, experiment):
+def test_every_job_of_every_experiment_preset_composes_and_parses(compose_config, experiment):
     """``compose()`` ignores ``hydra.sweeper.params``: each swept value is checked as its job."""
-    configs = [compose_config(job) for job in _sweep_jobs(experiment)]
-    for config in configs:
-        validate(config)
-    # Every job is a different config: the swept values reached what was validated.
-    assert len({OmegaConf.to_yaml(config) for config in configs}) == len(configs)
+    jobs = _sweep_jobs(experiment)
+    specs = [parse(compose_config(job), job) for job in jobs]
+    # Every job is a different run: the swept values reached the typed values (the record
+    # of the config is left out of a RunSpec's repr).
+    assert len({repr(spec) for spec in specs}) == len(specs)
 
 
 def _modules_loaded_by(code: str) -> set[str]:
@@ -163,14 +195,52 @@ def test_no_import_cycle_among_the_packages_modules():
         visit(name)
 
 
-def test_config_validation_needs_no_tensorflow():
+def test_parsing_a_config_needs_no_tensorflow():
     code = ("from hydra import compose, initialize_config_dir\n"
-            "from style_exp.app.schema import register_schemas, validate\n"
+            "from style_exp.app.parse import parse\n"
+            "from style_exp.app.schema import register_schemas\n"
             "register_schemas()\n"
             f"with initialize_config_dir(config_dir={str(Path(PROJECT, 'conf'))!r}, "
             "version_base='1.3'):\n"
-            "    validate(compose(config_name='config', overrides=['optimizer=lbfgs']))")
+            "    parse(compose(config_name='config', overrides=['optimizer=lbfgs']))")
     assert "tensorflow" not in _modules_loaded_by(code)
+
+
+# The boundary: the modules that may see Hydra's or OmegaConf's objects. Hydra calls
+# ``cli.run_job`` and the sweep callback with a config, ``parse`` turns it into a
+# RunSpec; the schema defines it; reproduce reads a recorded one back into the schema;
+# the sweep and launcher modules read Hydra's own files and register its presets.
+CONFIG_BOUNDARY = {"style_exp.app.schema", "style_exp.app.parse", "style_exp.app.cli",
+                   "style_exp.app.callbacks", "style_exp.app.reproduce",
+                   "style_exp.app.sweeps", "style_exp.cluster.launchers"}
+
+
+def _uses_of_the_config(path: Path) -> list[str]:
+    """Where a module imports Hydra or OmegaConf, or a function takes a config."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom | ast.Import):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [
+                alias.name for alias in node.names]
+            found += [f"imports {m}" for m in modules if m.split(".")[0] in ("hydra", "omegaconf")]
+        elif isinstance(node, ast.FunctionDef):
+            arguments = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            found += [f"{node.name}({argument.arg})" for argument in arguments
+                      if argument.arg == "cfg" or "Config" in ast.unparse(argument.annotation or
+                                                                            ast.Constant(""))]
+    return found
+
+
+def test_nothing_below_parse_sees_the_config():
+    """Parse, don't validate: below ``parse`` values arrive as a RunSpec (or parts of one),
+    so no function re-reads, re-checks or re-derives the config."""
+    uses = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PROJECT).with_suffix("").parts)
+        if module not in CONFIG_BOUNDARY and _uses_of_the_config(path):
+            uses[module] = _uses_of_the_config(path)
+    assert _uses_of_the_config(PACKAGE / "app" / "cli.py")  # the check sees the boundary's
+    assert uses == {}
 
 
 def test_every_benchmark_imports():

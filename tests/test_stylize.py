@@ -9,15 +9,20 @@ from conftest import gradient_image, stripes_image, write_image
 
 from style_exp.engine import stopping
 from style_exp.engine.images import MIN_SIDE, load_image
-from style_exp.engine.losses import LossWeights
-from style_exp.engine.optim import AdamSettings
+from style_exp.engine.objective import Problem, Workspace, build_network
 from style_exp.engine.progress import RISE_LIMIT, Interrupted, NoProgress
-from style_exp.engine.stylize import Problem, Workspace, build_network, stylize
+from style_exp.engine.stylize import stylize
 from style_exp.engine.weights import IMAGENET_MEAN_RGB
-from style_exp.spec.settings import NEVER_STOP, LBFGSSettings, StopSettings
+from style_exp.spec.loss import LossSettings
+from style_exp.spec.settings import (
+    NEVER_STOP,
+    AdamSettings,
+    LBFGSSettings,
+    LoopSettings,
+    StopSettings,
+)
 
-LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
-                   {f"relu{i}_1": 0.2 for i in range(1, 6)})
+LOSS = LossSettings().weights()
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +49,9 @@ def _noise(shape, seed=0):
 
 def test_loss_falls_and_callback_reports(problem, network):
     events = []
-    result = stylize(problem, network, _noise(problem.content.shape), AdamSettings(), 30,
-                     log_every=10, checkpoint_every=15, callback=events.append)
+    loop = LoopSettings(optimizer=AdamSettings(), log_every=10, checkpoint_every=15)
+    result = stylize(problem, network, _noise(problem.content.shape), loop, 30,
+                     callback=events.append)
     steps = [e.step for e in events]
     assert steps == [1, 10, 15, 20, 30]
     first, last = events[0].metrics["loss/total"], events[-1].metrics["loss/total"]
@@ -58,14 +64,16 @@ def test_loss_falls_and_callback_reports(problem, network):
 
 def test_checkpoint_images_arrive_on_their_steps(problem, network):
     images = {}
-    stylize(problem, network, _noise(problem.content.shape), AdamSettings(), 20, log_every=5,
-            checkpoint_every=10, callback=lambda e: images.setdefault(e.step, e.image))
+    loop = LoopSettings(optimizer=AdamSettings(), log_every=5, checkpoint_every=10)
+    stylize(problem, network, _noise(problem.content.shape), loop, 20,
+            callback=lambda e: images.setdefault(e.step, e.image))
     assert images[10] is not None and images[20] is not None
     assert images[5] is None and images[1] is None
 
 
 def test_same_seed_same_image(problem, network):
-    runs = [stylize(problem, network, _noise(problem.content.shape, seed=3), AdamSettings(), 5)
+    runs = [stylize(problem, network, _noise(problem.content.shape, seed=3),
+                    LoopSettings(optimizer=AdamSettings()), 5)
             for _ in range(2)]
     np.testing.assert_array_equal(runs[0].image, runs[1].image)
 
@@ -83,7 +91,8 @@ def test_interrupt_keeps_best_image(problem, network):
             raise KeyboardInterrupt
 
     with pytest.raises(Interrupted) as caught:
-        stylize(problem, network, start, AdamSettings(), 100, log_every=1, checkpoint_every=1,
+        stylize(problem, network, start,
+                LoopSettings(optimizer=AdamSettings(), log_every=1, checkpoint_every=1), 100,
                 callback=interrupt)
     result = caught.value.result
     assert result.interrupted and result.steps == 10
@@ -106,23 +115,25 @@ def test_a_stop_python_dropped_is_raised_by_the_loop_at_its_next_step(problem, n
 
     try:
         with pytest.raises(Interrupted) as caught:
-            stylize(problem, network, _noise(problem.content.shape), optimizer, 100,
-                    log_every=1, callback=dropped_while_reporting, stop=NEVER_STOP)
+            stylize(problem, network, _noise(problem.content.shape),
+                    LoopSettings(optimizer=optimizer, stop=NEVER_STOP, log_every=1), 100,
+                    callback=dropped_while_reporting)
     finally:
         stopping.clear()
     result = caught.value.result
     assert result.interrupted and result.steps == 3  # stopped before step 4's update
     assert isinstance(caught.value.__cause__, stopping.Terminated)
     assert caught.value.__cause__.signum == signal.SIGTERM
-    stylize(problem, network, _noise(problem.content.shape), optimizer, 2, log_every=1)
+    stylize(problem, network, _noise(problem.content.shape),
+            LoopSettings(optimizer=optimizer, log_every=1), 2)
 
 
 def test_a_loss_that_becomes_nan_fails_at_once_saying_so(problem, network):
     """lr=nan makes the image, so the loss of step 2, NaN: the run must stop there and name
     the NaN, not run on and blame a loss that merely never fell."""
     with pytest.raises(NoProgress) as failure:
-        stylize(problem, network, _noise(problem.content.shape), AdamSettings(lr=float("nan")), 3,
-                log_every=1)
+        stylize(problem, network, _noise(problem.content.shape),
+                LoopSettings(optimizer=AdamSettings(lr=float("nan")), log_every=1), 3)
     assert re.fullmatch(r"the loss became nan at step 2, from \S+ at step 1", failure.value.what)
     assert failure.value.where == "optimizer.lr=nan"
 
@@ -135,8 +146,8 @@ def test_a_loss_that_falls_then_ends_above_twice_its_start_fails(smooth, network
     events = []
     rising = AdamSettings(lr=1.0, schedule="exponential", decay_rate=1e4, decay_steps=10)
     with pytest.raises(NoProgress) as failure:
-        stylize(smooth, network, _noise(smooth.content.shape), rising, 10, log_every=1,
-                callback=events.append)
+        stylize(smooth, network, _noise(smooth.content.shape),
+                LoopSettings(optimizer=rising, log_every=1), 10, callback=events.append)
     losses = [event.metrics["loss/total"] for event in events]
     assert min(losses) < losses[0] and losses[-1] > RISE_LIMIT * losses[0]
     assert failure.value.what == (f"the loss rose from {losses[0]:.3g} at step 1 to "
@@ -148,8 +159,8 @@ def test_a_learning_rate_that_only_adds_noise_fails_naming_it(smooth, network):
     """lr=1e30 throws every pixel to 0 or 255, far from a smooth painting: the loss rises
     from the start (7.4e8 to 1e10 and more) and the best image would be the start noise."""
     with pytest.raises(NoProgress) as failure:
-        stylize(smooth, network, _noise(smooth.content.shape), AdamSettings(lr=1e30), 20,
-                log_every=5)
+        stylize(smooth, network, _noise(smooth.content.shape),
+                LoopSettings(optimizer=AdamSettings(lr=1e30), log_every=5), 20)
     assert failure.value.what.startswith("the loss never fell below its start")
     assert failure.value.where == "optimizer.lr=1e+30"
     assert failure.value.hint == "lower it, e.g. optimizer.lr=1e+29"
@@ -157,10 +168,11 @@ def test_a_learning_rate_that_only_adds_noise_fails_naming_it(smooth, network):
 
 def test_lbfgs_that_cannot_take_a_step_fails(problem, network):
     """With every weight 0 the loss is 0 and no step lowers it: no result to report."""
-    nothing = LossWeights(0.0, 0.0, 0.0, LOSS.content_layers, LOSS.style_layers)
+    nothing = LossSettings(content_weight=0.0, style_weight=0.0, tv_weight=0.0).weights()
     flat = Problem(problem.content, problem.styles, [1.0], nothing)
     with pytest.raises(NoProgress, match="the loss never fell below its start, 0 at step 1"):
-        stylize(flat, network, _noise(problem.content.shape), LBFGSSettings(), 5)
+        stylize(flat, network, _noise(problem.content.shape),
+                LoopSettings(optimizer=LBFGSSettings()), 5)
 
 
 @pytest.mark.parametrize("optimizer", [AdamSettings(), LBFGSSettings()])
@@ -171,13 +183,13 @@ def test_a_very_wide_photo_is_stylised(network, tmp_path, optimizer):
     content, style = load_image(wide, 64), load_image(tall, 64)
     assert content.shape == (MIN_SIDE, 64, 3) and style.shape == (64, MIN_SIDE, 3)
     result = stylize(Problem(content, [style], [1.0], LOSS), network, _noise(content.shape),
-                     optimizer, 4, log_every=1)
+                     LoopSettings(optimizer=optimizer, log_every=1), 4)
     assert np.isfinite(result.metrics["loss/total"]) and result.image.shape == content.shape
 
 
 def test_network_is_truncated_at_deepest_used_layer(weights):
-    shallow = build_network(weights, LossWeights(1, 1, 0, {"relu2_1": 1.0}, {"relu1_1": 1.0}),
-                            "avg")
+    loss = LossSettings(content_layers=("relu2_1",), style_layers=("relu1_1",)).weights()
+    shallow = build_network(weights, loss, "avg")
     assert shallow.layers[-1] == "relu2_1"
     assert "conv3_1" not in shallow.kernels
 
@@ -200,12 +212,13 @@ def test_the_stop_rule_compares_best_losses_a_window_apart(losses, stops):
 def test_a_converged_run_stops_before_its_cap_and_says_why(problem, network, optimizer):
     events = []
     loose = StopSettings(window=5, tolerance=0.5)  # "converged" once the fall slows below 50%
-    result = stylize(problem, network, _noise(problem.content.shape), optimizer, 200,
-                     log_every=1, callback=events.append, stop=loose)
+    result = stylize(problem, network, _noise(problem.content.shape),
+                     LoopSettings(optimizer=optimizer, stop=loose, log_every=1), 200,
+                     callback=events.append)
     assert 5 < result.steps < 200 and result.stop_reason.startswith("converged")
     assert events[-1].step == result.steps
-    capped = stylize(problem, network, _noise(problem.content.shape), optimizer, 12,
-                     log_every=1, stop=NEVER_STOP)
+    capped = stylize(problem, network, _noise(problem.content.shape),
+                     LoopSettings(optimizer=optimizer, stop=NEVER_STOP, log_every=1), 12)
     assert capped.steps == 12 and capped.stop_reason == "iterations"
 
 
@@ -219,14 +232,15 @@ def test_frames_sharing_a_workspace_trace_once_and_end_as_if_alone(problem, netw
     frame = Problem(np.roll(problem.content, 5, axis=1), problem.styles, [1.0], LOSS)
     start = _noise(frame.content.shape, seed=2)
     workspace = Workspace()
-    stylize(problem, network, _noise(problem.content.shape, seed=1), optimizer, 6,
+    settings = LoopSettings(optimizer=optimizer)
+    stylize(problem, network, _noise(problem.content.shape, seed=1), settings, 6,
             workspace=workspace)
     loop = workspace._loop
-    shared = stylize(frame, network, start, optimizer, 6, workspace=workspace)
-    alone = stylize(frame, network, start, optimizer, 6)
+    shared = stylize(frame, network, start, settings, 6, workspace=workspace)
+    alone = stylize(frame, network, start, settings, 6)
     np.testing.assert_allclose(shared.image, alone.image, atol=1e-3)
     assert shared.metrics == pytest.approx(alone.metrics, rel=1e-6)
     assert workspace._loop is loop and getattr(loop, compiled).experimental_get_tracing_count() == 1
     wider = Problem(gradient_image(48, 80), problem.styles, [1.0], LOSS)
-    stylize(wider, network, _noise(wider.content.shape), optimizer, 2, workspace=workspace)
+    stylize(wider, network, _noise(wider.content.shape), settings, 2, workspace=workspace)
     assert workspace._loop is not loop  # another size: built afresh, the old state let go

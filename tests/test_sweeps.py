@@ -10,16 +10,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import run_cli, stripes_image
+from conftest import EXIT_AFTER_SUMMARY_S, run_sweep, stripes_image
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from style_exp.app import compare
-
-# The sweep takes well under a minute alone, a few under CI's load; a launching process
-# that waits out loky's idle workers (300 s after the summary, cli._exit) runs past this.
-JOBLIB_TIMEOUT = 300
 
 
 def _runs(uri: str, experiment: str = "style_exp") -> tuple[MlflowClient, list[Run]]:
@@ -34,14 +30,29 @@ def sweep(tmp_path_factory):
     bad value that fails alone, before any run exists, while the others go on."""
     root = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
-    done = run_cli(["-m", "loss.style_weight=-1,50,500,5000", "size=32", "iterations=3",
-                    "tracking.log_every=1", f"tracking.uri={uri}",
-                    f"hydra.sweep.dir={root / 'sweep'}", "progress=false"], cwd=root)
-    assert done.returncode == 2, done.stderr[-3000:]
+    done = run_sweep(["-m", "loss.style_weight=-1,50,500,5000", "size=32", "iterations=3",
+                      "tracking.log_every=1", f"tracking.uri={uri}",
+                      f"hydra.sweep.dir={root / 'sweep'}", "progress=false"], cwd=root)
+    assert done.returncode == 2, done.stderr[-3000:]  # the failed job's: a usage error
+    assert done.after_summary_s < EXIT_AFTER_SUMMARY_S  # the basic launcher exits at once
     assert "error: must be non-negative, got -1.0 (loss.style_weight)" in done.stderr
     assert done.stdout.count("' finished") == 3
     (root / "stdout.txt").write_text(done.stdout)
     return root, uri
+
+
+def test_a_sweep_with_a_failed_job_still_ends_with_its_summary(sweep):
+    """Hydra skips its end-of-sweep callback after a failed job: the summary must still come,
+    after every job, counting the jobs and naming the failed one by its swept value."""
+    root, uri = sweep
+    _, runs = _runs(uri)
+    (sweep_id,) = {run.data.tags["sweep_id"] for run in runs}
+    lines = (root / "stdout.txt").read_text().splitlines()
+    start = lines.index(f"Sweep {sweep_id}: 4 jobs, 3 finished, 1 failed")
+    assert sum("' finished" in line for line in lines[:start]) == 3
+    assert lines[start + 1] == ("  failed     job 0 (loss.style_weight=-1): "
+                                "must be non-negative, got -1.0 (loss.style_weight)")
+    assert lines[start + 2].split()[:4] == ["compare", "python", "-m", "style_exp.compare"]
 
 
 def test_sweep_jobs_are_grouped_with_their_swept_values(sweep):
@@ -169,11 +180,13 @@ def test_a_preset_sweeps_in_parallel_jobs_on_a_fresh_sqlite_store(tmp_path: Path
     and a compare command that works."""
     store = tmp_path / "fresh" / "mlflow.db"
     uri = f"sqlite:///{store}"
-    done = run_cli(["-m", "experiment=pooling", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                    "size=32", "iterations=4", "tracking.log_every=1", f"tracking.uri={uri}",
-                    "progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                   cwd=tmp_path, timeout=JOBLIB_TIMEOUT)
+    done = run_sweep(["-m", "experiment=pooling", "hydra/launcher=joblib",
+                      "hydra.launcher.n_jobs=2", "size=32", "iterations=4", "tracking.log_every=1",
+                      f"tracking.uri={uri}", "progress=false",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    # loky's idle workers once kept the launching process for 300 s after its summary
+    assert done.after_summary_s < EXIT_AFTER_SUMMARY_S
     client, runs = _runs(uri)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     pooling = {r.data.tags["sweep.model.pooling"]: r for r in runs}

@@ -14,22 +14,18 @@ from conftest import gradient_image, stripes_image
 
 from style_exp.app import preflight
 from style_exp.engine import memory
-from style_exp.engine.losses import LossWeights, gram_matrix
-from style_exp.engine.stylize import (
-    Problem,
-    build_network,
-    compute_targets,
-    loss_and_gradient,
-    stylize,
-)
+from style_exp.engine.losses import gram_matrix
+from style_exp.engine.objective import Problem, build_network, compute_targets, loss_and_gradient
+from style_exp.engine.stylize import stylize
 from style_exp.engine.tiles import TiledLoss, exact_halo, tile_grid, tiled_grams
 from style_exp.spec.errors import RunFailure
-from style_exp.spec.settings import AdamSettings
+from style_exp.spec.loss import LossSettings
+from style_exp.spec.settings import AdamSettings, LoopSettings
 
 # Shallow layers keep the exact halo (16 px) and the test small; the benchmark checks the
 # paper's layers at 512 px.
-LOSS = LossWeights(5.0, 500.0, 100.0, {"relu2_2": 1.0},
-                   {"relu1_1": 0.3, "relu2_1": 0.3, "relu3_1": 0.4})
+LOSS = LossSettings(content_layers=("relu2_2",), style_layers=("relu1_1", "relu2_1", "relu3_1"),
+                    style_layer_weights=(0.3, 0.3, 0.4)).weights()
 HEIGHT, WIDTH = 100, 136  # not multiples of 16: the last tiles are partial
 
 
@@ -91,8 +87,9 @@ def test_a_tiled_run_follows_the_untiled_one(network, case):
     problem, _, _ = case
     init = problem.content + np.random.default_rng(0).normal(0, 8, problem.content.shape)
     init = init.astype(np.float32)
-    whole = stylize(problem, network, init, AdamSettings(), 3, log_every=3)
-    tiled = stylize(problem, network, init, AdamSettings(), 3, log_every=3, tile=64)
+    loop = LoopSettings(optimizer=AdamSettings(), log_every=3)
+    whole = stylize(problem, network, init, loop, 3)
+    tiled = stylize(problem, network, init, loop, 3, tile=64)
     assert np.abs(tiled.image - whole.image).max() < 0.1
     assert tiled.metrics["loss/total"] == pytest.approx(whole.metrics["loss/total"], rel=1e-4)
 
@@ -112,15 +109,13 @@ def test_auto_tiles_pick_the_largest_tile_that_fits():
     assert memory.largest_tile(work, 2**30) == -1  # not even the smallest tile fits
 
 
-def test_tiles_auto_resolves_from_the_memory_estimate(compose_config, monkeypatch):
-    cfg = compose_config(["size=4096", "tiles=auto", "optimizer=lbfgs"])
+def test_tiles_auto_resolves_from_the_memory_estimate(parse_config, monkeypatch):
     monkeypatch.setattr(memory, "host_budget", lambda: memory.Budget(12 * 2**30, "test"))
-    tile = preflight.tile_side(cfg)
-    assert tile > 0
-    preflight.check_memory(cfg, preflight.input_sizes(cfg))  # fits with that tile
-    untiled = compose_config(["size=4096", "optimizer=lbfgs"])
+    monkeypatch.setattr(memory, "gpu_budget", lambda: None)
+    plan = preflight.check(parse_config(["size=4096", "tiles=auto", "optimizer=lbfgs"]))
+    assert plan.tiled and plan.peak_bytes <= 12 * 2**30  # fits with that tile
     with pytest.raises(RunFailure, match="not enough memory") as refused:
-        preflight.check_memory(untiled, preflight.input_sizes(untiled))
+        preflight.check(parse_config(["size=4096", "optimizer=lbfgs"]))
     assert "tiles=auto fits" in refused.value.hint
 
 
@@ -132,18 +127,19 @@ import json, sys
 from style_exp.engine import device, memory
 memory.configure_for_tiles()
 from conftest import gradient_image, stripes_image
-from style_exp.engine.losses import LossWeights
-from style_exp.spec.settings import LBFGSSettings
-from style_exp.engine.stylize import Problem, build_network, stylize
+from style_exp.spec.loss import LossSettings
+from style_exp.spec.settings import LBFGSSettings, LoopSettings
+from style_exp.engine.objective import Problem, build_network
+from style_exp.engine.stylize import stylize
 from style_exp.engine.weights import load_weights
 work, tile = memory.Workload(**json.loads(sys.argv[1])), int(sys.argv[2])
 device.configure()
 (width, height), ((style_width, style_height),) = work.content, work.styles
-loss = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0}, {f"relu{i}_1": 0.2 for i in range(1, 6)})
+loss = LossSettings().weights()
 problem = Problem(gradient_image(height, width), [stripes_image(style_height, style_width)],
                   [1.0], loss)
-settings = LBFGSSettings(history_size=work.history_images // 2)
-stylize(problem, build_network(load_weights(), loss, "max"), problem.content, settings, 1,
+loop = LoopSettings(optimizer=LBFGSSettings(history_size=work.history_images // 2))
+stylize(problem, build_network(load_weights(), loss, "max"), problem.content, loop, 1,
         tile=tile)
 print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
            if line.startswith("VmHWM")))

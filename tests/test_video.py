@@ -7,27 +7,26 @@ import cv2
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from conftest import stripes_image
+from conftest import run_config, stripes_image
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from style_exp.app import execute as app
-from style_exp.app import runs
-from style_exp.app.schema import ConfigError, validate
+from style_exp.app import preflight, runs
+from style_exp.app.execute import execute
+from style_exp.app.parse import parse
 from style_exp.engine import video
 from style_exp.engine.flow import consistency_mask, optical_flow, temporal_error, warp
 from style_exp.engine.images import to_uint8
-from style_exp.engine.losses import LossWeights
-from style_exp.engine.optim import AdamSettings
+from style_exp.engine.objective import Problem, build_network
 from style_exp.engine.progress import Result
-from style_exp.engine.stylize import Problem, build_network
 from style_exp.engine.video import FrameStore, Motion, stylize_video
 from style_exp.engine.videoio import VideoError, open_clip, write_video
 from style_exp.engine.weights import IMAGENET_MEAN_RGB
-from style_exp.spec.settings import VideoSettings
+from style_exp.spec.loss import LossSettings
+from style_exp.spec.runspec import Provenance
+from style_exp.spec.settings import AdamSettings, ConfigError, LoopSettings, VideoSettings
 
-LOSS = LossWeights(5.0, 500.0, 100.0, {"relu4_2": 1.0},
-                   {f"relu{i}_1": 0.2 for i in range(1, 6)})
+LOSS = LossSettings().weights()
 HEIGHT, WIDTH = 32, 40
 
 
@@ -119,6 +118,23 @@ def network(weights):
     return build_network(weights, LOSS, "max")
 
 
+class Maker:
+    """A ``FrameMaker``: every frame in the style of ``style``, its optimised image as the
+    output, an independent frame started by ``start(index, frame)`` (the frame itself)."""
+
+    def __init__(self, style: np.ndarray, start=lambda index, frame: frame):
+        self.style, self.start = style, start
+
+    def problem_for(self, frame: np.ndarray) -> Problem:
+        return Problem(frame, [self.style], [1.0], LOSS)
+
+    def finish(self, image: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        return image
+
+    def start_image(self, index: int, frame: np.ndarray) -> np.ndarray:
+        return self.start(index, frame)
+
+
 def _mean_temporal_error(frames, mode, network, tmp_path, iterations=(40, 12)):
     style = stripes_image(40, 40)
     settings = VideoSettings(init=mode, temporal_weight=10000.0,
@@ -129,8 +145,8 @@ def _mean_temporal_error(frames, mode, network, tmp_path, iterations=(40, 12)):
         rng = np.random.default_rng(index)
         return (IMAGENET_MEAN_RGB + rng.normal(0, 0.256, frame.shape)).astype(np.float32)
 
-    done = stylize_video(frames, lambda f: Problem(f, [style], [1.0], LOSS), lambda i, f: i,
-                         start, network, AdamSettings(), settings,
+    done = stylize_video(frames, Maker(style, start), network,
+                         LoopSettings(optimizer=AdamSettings()), settings,
                          FrameStore(tmp_path / mode), iterations[0])
     assert [f.index for f in done] == list(range(len(frames)))
     errors = [f.metrics["video/temporal_error"] for f in done[1:]]
@@ -166,9 +182,8 @@ def test_temporal_loss_counts_only_trusted_pixels(network, tmp_path, monkeypatch
     monkeypatch.setattr(video, "stylize", spy)
     settings = VideoSettings(init="flow", temporal_weight=3.0, first_frame_iterations=2,
                              frame_iterations=2)
-    done = stylize_video(frames, lambda f: Problem(f, [stripes_image(40, 40)], [1.0], LOSS),
-                         lambda i, f: i, lambda i, f: f, network, AdamSettings(), settings,
-                         FrameStore(tmp_path), 2)
+    done = stylize_video(frames, Maker(stripes_image(40, 40)), network,
+                         LoopSettings(optimizer=AdamSettings()), settings, FrameStore(tmp_path), 2)
     assert problems[0].temporal is None and "loss/temporal" not in done[0].metrics
     target, mask = problems[1].temporal
     assert problems[1].loss.temporal == settings.temporal_weight
@@ -181,8 +196,8 @@ def test_temporal_loss_counts_only_trusted_pixels(network, tmp_path, monkeypatch
                                atol=1e-3)
     # Every pixel 40 away from the target: only the trusted ones count, over all H*W*3.
     probe = target + np.where(target < 128, 40.0, -40.0).astype(np.float32)
-    at_probe = original(problems[1], network, probe, AdamSettings(), 1,
-                       require_progress=False)
+    at_probe = original(problems[1], network, probe, LoopSettings(optimizer=AdamSettings()), 1,
+                        require_progress=False)
     expected = settings.temporal_weight * np.mean(mask[..., None] * 40.0**2)
     assert at_probe.metrics["loss/temporal"] == pytest.approx(expected, rel=1e-3)
 
@@ -201,7 +216,7 @@ def _clip_run(compose_config, tmp_path, clip, style, extra=(), out="out"):
     overrides = [f"content={clip}", f"style={style}", "size=40", "iterations=20",
                  "video.frame_iterations=5", f"tracking.uri={uri}", "progress=false", *extra]
     cfg = compose_config(overrides)
-    return uri, lambda: app.run(cfg, tmp_path / out, overrides)
+    return uri, lambda: run_config(cfg, tmp_path / out, overrides)
 
 
 def _runs(uri):
@@ -281,15 +296,22 @@ def test_bad_clips_fail_clearly(tmp_path):
         open_clip(empty, 40)
 
 
-def test_bad_clip_fails_the_run_before_any_work(compose_config, tmp_path, clip_inputs):
-    _, style = clip_inputs
-    garbage = tmp_path / "broken.mov"
-    garbage.write_bytes(b"\x00" * 64)
-    uri, run = _clip_run(compose_config, tmp_path, garbage, style)
-    with pytest.raises(VideoError, match="broken.mov"):
-        run()
+def test_a_clip_broken_after_the_checks_fails_the_run_before_any_work(parse_config, tmp_path,
+                                                                      clip_inputs):
+    """The preflight refuses a clip it cannot read (test_cli); one broken between the checks
+    and the run fails the run, naming the file, before the network loads."""
+    clip, style = clip_inputs
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(clip.read_bytes())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [f"content={broken}", f"style={style}", "size=40", f"tracking.uri={uri}",
+                 "progress=false"]
+    plan = preflight.check(parse_config(overrides))
+    broken.write_bytes(b"\x00" * 64)
+    with pytest.raises(VideoError, match="broken.mp4"):
+        execute(plan, tmp_path / "out", Provenance(tuple(overrides)))
     _, (record,) = _runs(uri)
-    assert record.info.status == "FAILED" and "broken.mov" in record.data.tags["error"]
+    assert record.info.status == "FAILED" and "broken.mp4" in record.data.tags["error"]
     assert "weights_sha256" not in record.data.tags  # failed before loading the network
 
 
@@ -303,7 +325,7 @@ def test_video_settings_are_checked_by_name(compose_config, clip_inputs, overrid
     clip, style = clip_inputs
     cfg = compose_config([f"content={clip}", f"style={style}", "size=40", override])
     with pytest.raises(ConfigError, match=message):
-        validate(cfg)
+        parse(cfg)
 
 
 @pytest.mark.parametrize(("overrides", "lrs"), [

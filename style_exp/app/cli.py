@@ -5,7 +5,8 @@
 Exit codes: 0 done; 2 what was typed is wrong (a config key or value, an input file,
 the tracking URI); 1 the run could not be done or failed (tracking store, memory, no
 progress, anything unexpected); 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM,
-129 SIGHUP), with the best image so far written and the MLflow run KILLED.
+129 SIGHUP), with the best image so far written and the MLflow run KILLED. A sweep
+runs every job, then exits with its worst job's code (``callbacks.SweepSummary``).
 
 Errors print as ``error: <what> (<key, file or URI>)`` and at most one ``hint:``
 line; ``HYDRA_FULL_ERROR=1`` shows the traceback instead. TensorFlow's start-up lines
@@ -23,7 +24,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -31,10 +32,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from style_exp.app.schema import default_tracking_uri, overridden_keys, with_demo_defaults
+from style_exp.app.parse import parse
+from style_exp.app.schema import default_tracking_uri
+from style_exp.app.sweeps import JobOutcome, sweep_tags, swept_values
 from style_exp.engine import stopping
 from style_exp.engine.stopping import Terminated
 from style_exp.spec.errors import Reported
+from style_exp.spec.runspec import Provenance, RunSpec
+
+if TYPE_CHECKING:  # TensorFlow loads only once a run is checked
+    from style_exp.engine.progress import Result
+    from style_exp.engine.video import Frame
 
 USAGE, FAILURE = 2, 1
 FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -49,14 +57,6 @@ MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
 TRACKING_MODULES = ("mlflow", "sqlalchemy", "sqlite3", "alembic", "requests", "urllib3")
 USAGE_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException,
                 OmegaConfBaseException)
-
-
-class JobFailed(Exception):
-    """A job whose error is already printed: Hydra records it as failed, a sweep goes on."""
-
-    def __init__(self, exit_code: int):
-        super().__init__(exit_code)
-        self.exit_code = exit_code
 
 
 def main(hydra_main: Callable[[], None]) -> NoReturn:
@@ -93,13 +93,7 @@ def _exit(exit_code: int, message: object) -> NoReturn:
 
 def _run(hydra_main: Callable[[], None]) -> None:
     brief = not _flag(FULL_ERROR)
-    if not _flag(VERBOSE):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no notes on store creation
-        # TensorFlow's Python notes, e.g. that a tiled run traced its edge tiles' shapes
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    for name, value in MLFLOW_HTTP_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    quiet_start_up()
     if brief:
         os.environ[BRIEF] = "1"
         os.environ[FULL_ERROR] = "1"  # Hydra re-raises, rather than printing a traceback
@@ -108,8 +102,6 @@ def _run(hydra_main: Callable[[], None]) -> None:
         signal.signal(signum, _stop)
     try:
         hydra_main()
-    except JobFailed as failed:
-        sys.exit(failed.exit_code)
     except KeyboardInterrupt as stop:  # before any job started
         print(f"stopped by {_signal_name(stop)}", file=sys.stderr)
         sys.exit(128 + _signal_number(stop))
@@ -120,47 +112,81 @@ def _run(hydra_main: Callable[[], None]) -> None:
         sys.exit(exit_code(error))
 
 
+def quiet_start_up() -> None:
+    """TensorFlow's and MLflow's start-up notes off (unless STYLE_EXP_VERBOSE=1), and
+    MLflow's requests bounded: for every command that runs or reads runs."""
+    if not _flag(VERBOSE):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no notes on store creation
+        # TensorFlow's Python notes, e.g. that a tiled run traced its edge tiles' shapes
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 def _stop(signum: int, _frame: object) -> None:
     signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
     raise stopping.request(signum)
 
 
 def run_job(cfg: DictConfig) -> None:
-    """Hydra's task: check, run, and say in one line what came of it.
+    """Hydra's task: parse, check, run, and say in one line what came of it.
 
-    A failed job of a sweep is reported to Hydra, which goes on with the other jobs.
+    A job of a sweep records how it ended in its directory (``sweeps.JobOutcome``); a
+    failed one returns, so Hydra goes on with the other jobs and the sweep's summary
+    (``callbacks.SweepSummary``) lists it and ends the sweep with its exit code.
     """
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = tuple(hydra_cfg.overrides.task)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    tags: dict[str, str] = {}
+
+    def outcome(status: str, code: int = 0, error: str = "") -> None:
+        if sweep:  # named by its swept values, as its run is
+            swept = tuple(f"{key}={value}" for key, value in swept_values(tags).items())
+            JobOutcome(hydra_cfg.job.num, swept or overrides, status, code, error).write(
+                output_dir)
+
     try:
-        _checked_run(cfg)  # the run prints its name, output and dashboard link
+        if sweep:
+            tags = sweep_tags(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, list(overrides))
+        spec = parse(cfg, overrides)
+        # the run prints its name, output and dashboard link
+        execute_checked(spec, output_dir, Provenance(overrides, tags))
     except KeyboardInterrupt as stop:
-        print(stopped_line(stop, output_dir), file=sys.stderr)
+        line = stopped_line(stop, output_dir)
+        print(line, file=sys.stderr)
+        outcome("killed", 128 + _signal_number(stop), line)
         sys.exit(128 + _signal_number(stop))  # a stop ends a whole sweep, as Ctrl-C does
     except Exception as error:
         if not _flag(BRIEF):
             raise
-        report(error, cfg.tracking.uri or default_tracking_uri())
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise JobFailed(exit_code(error)) from None
-        sys.exit(exit_code(error))
+        uri = cfg.tracking.uri or default_tracking_uri()
+        report(error, uri)
+        what, where, _ = describe(error, uri)
+        outcome("failed", exit_code(error), f"{what} ({where})" if where else what)
+        if not sweep:
+            sys.exit(exit_code(error))
+    else:
+        outcome("finished")
 
 
-def _checked_run(cfg: DictConfig) -> None:
-    """Check everything that can be checked in a blink, then load TensorFlow and run."""
+def execute_checked(spec: RunSpec, output_dir: Path,
+                    provenance: Provenance) -> Result | list[Frame]:
+    """Check everything that can be checked in a blink, then load TensorFlow (quietly) and
+    execute the plan: what ``run.py``'s jobs and ``style_exp.reproduce`` both do."""
     from style_exp.app import preflight
     from style_exp.engine import memory
 
-    overrides = list(HydraConfig.get().overrides.task)
-    checked = with_demo_defaults(cfg, overridden_keys(overrides))
-    preflight.check(checked)
-    if 0 < preflight.tile_side(checked) < checked.size:
+    plan = preflight.check(spec)
+    if plan.tiled:
         memory.configure_for_tiles()  # only takes full effect before TensorFlow loads
     with _quiet_native_output():
         import tensorflow  # noqa: F401  (loaded here so its start-up lines can be hidden)
-    from style_exp.app.execute import run_hydra_job
+    from style_exp.app.execute import execute
 
-    run_hydra_job(cfg)
+    return execute(plan, output_dir, provenance)
 
 
 @contextlib.contextmanager

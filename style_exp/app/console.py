@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
 from style_exp.app.schema import TrackingConfig
+from style_exp.app.sweeps import JobOutcome
 from style_exp.engine.progress import Progress
 
 
@@ -46,11 +49,21 @@ def run_summary(name: str, run_id: str, output: Path, quality: str, url: str,
 
 
 def sweep_summary(sweep: str, runs: int, compare_command: str, url: str,
-                  ui_command: str | None) -> str:
-    """What a finished sweep says last: its id, how to compare it, where to look."""
-    return "\n".join([f"Sweep {sweep}: {runs} runs",
-                      f"  compare    {compare_command}",
-                      dashboard_line(url, ui_command)])
+                  ui_command: str | None, outcomes: Sequence[JobOutcome] = ()) -> str:
+    """What a finished sweep says last: its id, how its jobs ended (each one that did not
+    finish with its override and error), how to compare it, where to look."""
+    header = f"Sweep {sweep}: {runs} run{'' if runs == 1 else 's'}"
+    unfinished = [outcome for outcome in outcomes if outcome.status != "finished"]
+    if unfinished:
+        counts = Counter(outcome.status for outcome in outcomes)
+        header = f"Sweep {sweep}: {len(outcomes)} jobs, " + ", ".join(
+            f"{counts[status]} {status}" for status in ("finished", "failed", "killed")
+            if counts[status])
+    lines = [header]
+    for outcome in unfinished:
+        lines.append(f"  {outcome.status:<10} job {outcome.job} "
+                     f"({' '.join(outcome.overrides) or 'no overrides'}): {outcome.error}")
+    return "\n".join([*lines, f"  compare    {compare_command}", dashboard_line(url, ui_command)])
 
 
 def dashboard_line(url: str, ui_command: str | None) -> str:

@@ -1,8 +1,9 @@
-"""One tracked job: config in, ``output.png`` (or a video) and an MLflow run out.
+"""One tracked run: a plan in, ``output.png`` (or a video) and an MLflow run out.
 
 The run is recorded here: config and overrides, the inputs' thumbnails and hashes,
-progress, the result and its outcome. Turning the config into a ready job is
-``job.py``'s work; the optimisation is the library's.
+progress, the result and its outcome. Making the plan's job ready is ``job.py``'s
+work; the optimisation is the engine's. :func:`execute` serves ``run.py``'s jobs and
+``style_exp.reproduce`` alike (both through ``cli.execute_checked``).
 """
 
 from __future__ import annotations
@@ -14,22 +15,16 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+import yaml
 
 from style_exp.app.console import ProgressBar, run_summary
 from style_exp.app.job import Job, prepare
 from style_exp.app.labels import quality_text, run_name, run_note
+from style_exp.app.parse import overridden_keys
+from style_exp.app.preflight import Plan
 from style_exp.app.resources import configure_threads
 from style_exp.app.runs import liveness_tags, reap
-from style_exp.app.schema import (
-    default_tracking_uri,
-    overridden_keys,
-    with_demo_defaults,
-    without_credentials,
-)
-from style_exp.app.sweeps import sweep_tags, swept_values
+from style_exp.app.sweeps import swept_values
 from style_exp.app.tracking import (
     NOTE_TAG,
     OUTPUT_IMAGES,
@@ -49,21 +44,10 @@ from style_exp.engine.images import file_sha256, resize_longest, save_image
 from style_exp.engine.progress import Interrupted, Progress, Result
 from style_exp.engine.stylize import stylize_scales
 from style_exp.engine.video import Frame
+from style_exp.spec.runspec import Provenance
 
 THUMBNAIL_SIDE = 256
 log = logging.getLogger(__name__)
-
-
-def run_hydra_job(cfg: DictConfig) -> Path:
-    """The job `run.py` starts: where Hydra put it, what it overrode, which sweep it is in."""
-    hydra_cfg = HydraConfig.get()
-    output_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = list(hydra_cfg.overrides.task)
-    tags = {}
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        tags = sweep_tags(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, overrides)
-    run(cfg, output_dir, overrides, tags)
-    return output_path(output_dir)
 
 
 def output_path(output_dir: Path) -> Path:
@@ -72,39 +56,37 @@ def output_path(output_dir: Path) -> Path:
     return video if video.is_file() else output_dir / "output.png"
 
 
-def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
-        tags: dict[str, str] | None = None) -> Result | list[Frame]:
-    """Run one configured stylisation, tracked in MLflow: an image, or a clip's frames.
+def execute(plan: Plan, output_dir: Path, provenance: Provenance) -> Result | list[Frame]:
+    """Run the planned stylisation, tracked in MLflow: an image, or a clip's frames.
 
-    ``cfg`` has passed :func:`style_exp.app.preflight.check`, so its values and inputs are
-    known to be good before a run is created for it.
+    The plan has passed its preflight, so its values and inputs are known to be good
+    before a run is created for it.
     """
     started = time.perf_counter()
-    given = overridden_keys(overrides)
-    cfg = with_demo_defaults(cfg, given)
-    uri = without_credentials(cfg.tracking.uri) or default_tracking_uri()
+    spec = plan.spec
+    uri = spec.tracking.uri
     output_dir.mkdir(parents=True, exist_ok=True)
-    tags = {**configure_threads(cfg.threads), **(tags or {})}
-    name = run_name(cfg.content, cfg.style, cfg.demo.styles, swept_values(tags))
-    with tracked_run(uri, cfg.tracking.experiment, run_name=name,
+    tags = {**configure_threads(spec.threads), **provenance.tags}
+    name = run_name(spec.inputs, swept_values(tags))
+    with tracked_run(uri, spec.tracking.experiment, run_name=name,
                      tags={**environment_tags(), **liveness_tags(), **tags}) as active:
         reap(uri)  # runs of this store whose process died are marked FAILED
         log.info("Run '%s' (MLflow run %s) writes to %s", name, active.info.run_id, output_dir)
-        mlflow.log_params(run_params(OmegaConf.to_container(cfg, resolve=True), given))
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        mlflow.log_text("\n".join(overrides) + "\n", "overrides.txt")
-        job = prepare(cfg)
+        mlflow.log_params(run_params(spec.record, overridden_keys(provenance.overrides)))
+        mlflow.log_text(yaml.safe_dump(dict(spec.record), sort_keys=False, allow_unicode=True),
+                        "config.yaml")
+        mlflow.log_text("\n".join(provenance.overrides) + "\n", "overrides.txt")
+        job = prepare(plan)
         # What precision=auto chose: a param to compare runs by, a tag to filter them by.
         mlflow.log_param("compute_precision", job.precision)
         mlflow.set_tag("compute_precision", job.precision)
-        record = reproduction_record(cfg, job, overrides)
+        record = reproduction_record(job, provenance.overrides)
         _log_inputs(job, output_dir)
         if job.clip is not None:
             hashes = {name: entry["sha256"] for name, entry in record["inputs"].items()}
-            outcome = run_clip(cfg, job, output_dir, uri, hashes)
+            outcome = run_clip(job, output_dir, hashes)
         else:
-            outcome = _run_still(cfg, job, output_dir,
-                                 MetricsLogger(active.info.run_id, uri), started)
+            outcome = _run_still(job, output_dir, MetricsLogger(active.info.run_id, uri), started)
     info = active.info
     quality = quality_text(outcome.metrics) if isinstance(outcome, Result) else ""
     log.info(run_summary(name, info.run_id, output_path(output_dir), quality,
@@ -112,10 +94,10 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str],
     return outcome
 
 
-def _run_still(cfg: DictConfig, job: Job, output_dir: Path, logger: MetricsLogger,
-               started: float) -> Result:
+def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float) -> Result:
     """Optimise the image (coarse to fine if asked), reporting every logged step."""
-    bar = ProgressBar(sum(job.scale_iterations), cfg.progress)
+    spec = job.spec
+    bar = ProgressBar(sum(scale.iterations for scale in spec.scales), spec.progress)
     first_step: list[float] = []
     start = job.finish(job.init)
     log_image(start, PROGRESS_IMAGES, 0)
@@ -141,16 +123,13 @@ def _run_still(cfg: DictConfig, job: Job, output_dir: Path, logger: MetricsLogge
         log_image(image, OUTPUT_IMAGES, 0)
         seconds = _finish(dataclasses.replace(result, image=image), output_dir, started,
                           first_step)
-        mlflow.set_tag(NOTE_TAG, run_note(cfg, job.problem.style_blend, image.shape[1::-1],
-                                          result.steps, quality, seconds))
+        mlflow.set_tag(NOTE_TAG, run_note(spec, image.shape[1::-1], result.steps, quality,
+                                          seconds))
         return dataclasses.replace(result, metrics={**result.metrics, **quality})
 
     try:
-        result = stylize_scales(job.problem_at, job.scales, job.scale_iterations, job.network,
-                                job.init, job.optimizer, log_every=cfg.tracking.log_every,
-                                checkpoint_every=cfg.tracking.checkpoint_every,
-                                callback=report, jit_compile=cfg.xla, tile=job.tile,
-                                stop=job.stop)
+        result = stylize_scales(job.problem_at, spec.scales, job.network, job.init, spec.loop,
+                                callback=report, tile=job.tile)
     except Interrupted as interrupt:
         finish(interrupt.result)
         raise
@@ -168,24 +147,24 @@ def _log_inputs(job: Job, output_dir: Path) -> None:
     mlflow.set_tag("weights_sha256", job.weights_sha256)
 
 
-def reproduction_record(cfg: DictConfig, job: Job, overrides: list[str]) -> dict[str, object]:
+def reproduction_record(job: Job, overrides: tuple[str, ...]) -> dict[str, object]:
     """What reproducing this run needs beyond its config: input and weight hashes, versions.
 
     Logged as ``reproduce.json``; the hashes are also tags (``input_sha256.<name>``) so
     the UI can show them.
     """
-    files = job.files
+    files = job.spec.files()
     hashes = {name: file_sha256(path) for name, path in files.items()}
     versions = library_versions()
     mlflow.set_tags({f"input_sha256.{name}": digest for name, digest in hashes.items()})
     mlflow.set_tags({f"version.{name}": value for name, value in versions.items()})
     record = {
-        "overrides": overrides,
+        "overrides": list(overrides),
         "inputs": {name: {"path": str(Path(files[name]).resolve()), "sha256": digest}
                    for name, digest in hashes.items()},
         "versions": versions,
-        "seed": cfg.seed,
-        "determinism": cfg.determinism,
+        "seed": job.spec.seed,
+        "determinism": job.spec.determinism,
         "compute_precision": job.precision,  # what precision=auto chose on this machine
         "weights_sha256": job.weights_sha256,
     }

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig
-
-from style_exp.app.schema import style_paths
 from style_exp.engine.demo import DEMO_PHOTO, PAINTING_NAMES
+from style_exp.spec.runspec import Inputs, RunSpec
 
 SEPARATOR = " · "
 
 
-def input_names(content: str | None, style: Any, demo_styles: int) -> tuple[str, list[str]]:
+def input_names(inputs: Inputs) -> tuple[str, list[str]]:
     """Short names of the photo and the paintings: file stems, or the demo's names."""
-    if content is None:
-        return Path(DEMO_PHOTO).stem, list(PAINTING_NAMES[:demo_styles])
-    return Path(content).stem, [Path(path).stem for path in style_paths(style)]
+    if inputs.content is None:
+        return Path(DEMO_PHOTO).stem, list(PAINTING_NAMES[:inputs.demo_styles])
+    return Path(inputs.content).stem, [Path(path).stem for path in inputs.styles]
 
 
 def short_keys(keys: list[str]) -> dict[str, str]:
@@ -41,26 +38,24 @@ def swept_text(values: Mapping[str, str]) -> str:
     return ", ".join(f"{names[key]}={value}" for key, value in values.items())
 
 
-def run_name(content: str | None, style: Any, demo_styles: int,
-             swept: Mapping[str, str] | None = None) -> str:
+def run_name(inputs: Inputs, swept: Mapping[str, str] | None = None) -> str:
     """``tubingen x starry_night``, and in a sweep ``... · style_weight=5000``."""
-    photo, paintings = input_names(content, style, demo_styles)
+    photo, paintings = input_names(inputs)
     name = f"{photo} x {'+'.join(paintings)}"
     return f"{name}{SEPARATOR}{swept_text(swept)}" if swept else name
 
 
-def run_note(cfg: DictConfig, blend: list[float], size: tuple[int, int], steps: int,
-             quality: Mapping[str, float], seconds: float) -> str:
+def run_note(spec: RunSpec, size: tuple[int, int], steps: int, quality: Mapping[str, float],
+             seconds: float) -> str:
     """The run's description (Markdown): what went in, how it was made, how it came out."""
-    photo, paintings = input_names(cfg.content, cfg.style, cfg.demo.styles)
+    photo, paintings = input_names(spec.inputs)
     styles = " + ".join(f"{name} ({weight:.2g})" if len(paintings) > 1 else name
-                        for name, weight in zip(paintings, blend, strict=True))
-    loss = cfg.loss
+                        for name, weight in zip(paintings, spec.inputs.blend, strict=True))
+    loss = spec.loss
     lines = [f"**{photo}** in the style of **{styles}**",
-             f"{size[0]}x{size[1]} px{SEPARATOR}{cfg.optimizer.name}, init {cfg.init.kind}, "
-             f"{steps} steps{SEPARATOR}{seconds:.0f} s",
-             f"weights: content {loss.content_weight:g}, style {loss.style_weight:g}, "
-             f"tv {loss.tv_weight:g}"]
+             f"{size[0]}x{size[1]} px{SEPARATOR}{spec.loop.optimizer.name}, "
+             f"init {spec.init.kind}, {steps} steps{SEPARATOR}{seconds:.0f} s",
+             f"weights: content {loss.content:g}, style {loss.style:g}, tv {loss.tv:g}"]
     if quality:
         lines.append(f"{quality_text(quality)} (0 = the photo's content / the style exactly)")
     return "  \n".join(lines)

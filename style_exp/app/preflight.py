@@ -1,9 +1,11 @@
-"""Checks made before TensorFlow loads and before an MLflow run exists.
+"""Checks made before TensorFlow loads and before an MLflow run exists, and the run's plan.
 
 A mistake should cost seconds and leave nothing behind, not load TensorFlow, open a
-run and fail it half a minute later. So every config value, every input file (it
-exists and its header reads), the tracking store and the memory the run will need
-are checked here, importing neither TensorFlow nor MLflow.
+run and fail it half a minute later. The config's values were checked when it was
+parsed (``parse.py``); here every input file (it exists and its header reads), the
+tracking store and the memory the run will need are checked, importing neither
+TensorFlow nor MLflow, and what is decided from them (the tile) becomes the
+:class:`Plan` the run follows.
 """
 
 from __future__ import annotations
@@ -17,21 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from omegaconf import DictConfig
-
-from style_exp.app.schema import (
-    default_tracking_uri,
-    optimizer_settings,
-    style_paths,
-    style_side,
-    validate,
-)
 from style_exp.engine import memory
 from style_exp.engine.device import host_precision
 from style_exp.engine.images import fitted_size, image_size
-from style_exp.engine.videoio import is_clip, open_clip
+from style_exp.engine.videoio import open_clip
 from style_exp.engine.weights import WEIGHT_SOURCES, weights_file
 from style_exp.spec.errors import RunFailure, UserError
+from style_exp.spec.runspec import AUTO, RunSpec, style_side
 from style_exp.spec.settings import VGG19_LAYERS
 
 SERVER_TIMEOUT_S = 10.0  # one request, no retries: an unreachable server fails in this time
@@ -48,53 +42,73 @@ class InputSizes:
     video: bool = False
 
 
-def check(cfg: DictConfig) -> None:
-    """Everything that can be known wrong before the run starts, each naming its key, file or
-    URI. ``cfg`` has the demo's defaults applied (``config.with_demo_defaults``)."""
-    validate(cfg)
-    sizes = input_sizes(cfg)
-    check_tracking(cfg.tracking.uri or default_tracking_uri())
-    check_memory(cfg, sizes)
+@dataclass(frozen=True)
+class Plan:
+    """A run that passed its preflight: its spec, its inputs' sizes and the tile it uses.
+
+    ``tile`` (px; 0: none) is decided here once, ``tiles=auto`` from one reading of the
+    free memory: the tile the memory check approved is the tile the run uses.
+    """
+
+    spec: RunSpec
+    sizes: InputSizes
+    tile: int
+    peak_bytes: int  # the host memory estimate at that tile
+
+    @property
+    def tiled(self) -> bool:
+        """Whether any scale is optimised by tiles."""
+        return 0 < self.tile < self.spec.size
 
 
-def tile_side(cfg: DictConfig, sizes: InputSizes | None = None) -> int:
+def check(spec: RunSpec) -> Plan:
+    """Everything that can be known wrong before the run starts, each naming its key, file
+    or URI, and the plan for the run."""
+    sizes = input_sizes(spec)
+    check_tracking(spec.tracking.uri)
+    host = memory.host_budget()
+    tile = tile_side(spec, sizes, host)
+    return Plan(spec, sizes, tile, check_memory(spec, sizes, tile, host))
+
+
+def tile_side(spec: RunSpec, sizes: InputSizes, budget: memory.Budget) -> int:
     """``tiles`` as a side in px: ``auto`` asks the memory estimate (0: the image fits whole)."""
-    if cfg.tiles != "auto":
-        return int(cfg.tiles)
-    sizes = sizes or input_sizes(cfg)
-    return max(0, memory.largest_tile(workload(cfg, sizes, cfg.size, 0),
-                                      memory.host_budget().bytes))
+    if spec.tiles != AUTO:
+        return int(spec.tiles)
+    return max(0, memory.largest_tile(workload(spec, sizes, spec.size, 0), budget.bytes))
 
 
-def input_sizes(cfg: DictConfig) -> InputSizes:
+def input_sizes(spec: RunSpec) -> InputSizes:
     """Every input file checked (it exists, its header reads) and its size."""
-    if cfg.model.weights not in WEIGHT_SOURCES:
-        weights_file(cfg.model.weights)
-    if cfg.init.kind == "image":
-        image_size(cfg.init.path)
-    if cfg.content is None:
+    if spec.model.weights not in WEIGHT_SOURCES:
+        weights_file(spec.model.weights)
+    if spec.init.kind == "image":
+        image_size(spec.init.path)
+    inputs = spec.inputs
+    if inputs.content is None:
         from style_exp.engine.demo import demo_photo_file
 
-        side = style_side(cfg.size, cfg.style_scale)
-        return InputSizes(image_size(demo_photo_file()), ((side, side),) * cfg.demo.styles)
-    styles = tuple(image_size(path) for path in style_paths(cfg.style))
-    if is_clip(cfg.content):
-        clip = open_clip(cfg.content, cfg.size, cfg.video.stride, cfg.video.max_frames,
-                         cfg.video.fps)
+        side = spec.style_side
+        return InputSizes(image_size(demo_photo_file()), ((side, side),) * inputs.demo_styles)
+    styles = tuple(image_size(path) for path in inputs.styles)
+    if inputs.clip is not None:
+        clip = open_clip(inputs.content, spec.size, inputs.clip.stride, inputs.clip.max_frames,
+                         inputs.clip.fps)
         return InputSizes(clip.size, styles, video=True)
-    return InputSizes(image_size(cfg.content), styles)
+    return InputSizes(image_size(inputs.content), styles)
 
 
-def workload(cfg: DictConfig, sizes: InputSizes, size: int, tile: int) -> memory.Workload:
-    """What the run asks of memory at output size ``size`` with tiles of ``tile`` px."""
-    layers = [*cfg.loss.content_layers, *cfg.loss.style_layers]
-    side = style_side(size, cfg.style_scale)
-    optimizer = optimizer_settings(cfg.optimizer)
+def workload(spec: RunSpec, sizes: InputSizes, size: int, tile: int,
+             precision: str | None = None) -> memory.Workload:
+    """What the run asks of memory at output size ``size`` with tiles of ``tile`` px (and
+    at another ``precision`` than the spec's, to say what would fit)."""
+    side = style_side(size, spec.style_scale)
+    optimizer = spec.loop.optimizer
     return memory.Workload(
         content=fitted_size(sizes.content, size),
         styles=tuple(fitted_size(style, side) for style in sizes.styles),
-        deepest_layer=max(layers, key=VGG19_LAYERS.index),
-        precision=host_precision(cfg.precision),
+        deepest_layer=max(spec.loss.layers, key=VGG19_LAYERS.index),
+        precision=host_precision(precision or spec.precision),
         optimizer_images=optimizer.state_images(),
         history_images=optimizer.history_images(),
         sources=(sizes.content, *sizes.styles),
@@ -103,40 +117,38 @@ def workload(cfg: DictConfig, sizes: InputSizes, size: int, tile: int) -> memory
     )
 
 
-def check_memory(cfg: DictConfig, sizes: InputSizes) -> None:
+def check_memory(spec: RunSpec, sizes: InputSizes, tile: int, host: memory.Budget) -> int:
     """Refuse a run whose estimated peak exceeds what the process may use (host, and the GPU
-    when there is one), saying what would fit."""
-    checks = [(memory.estimate_bytes, memory.host_budget())]
+    when there is one), saying what would fit; the host estimate."""
+    checks = [(memory.estimate_bytes, host)]
     gpu = memory.gpu_budget()
     if gpu is not None:
         checks.append((memory.device_bytes, gpu))
-    tile = tile_side(cfg, sizes)
     for need_of, budget in checks:
-        need = need_of(workload(cfg, sizes, cfg.size, tile))
+        need = need_of(workload(spec, sizes, spec.size, tile))
         if need > budget.bytes:
             raise RunFailure(f"not enough memory: the run needs about {_gb(need)} at its "
                              f"peak, {_gb(budget.bytes)} is available ({budget.source})",
-                             f"size={cfg.size}", _what_fits(cfg, sizes, need_of, budget))
+                             f"size={spec.size}", _what_fits(spec, sizes, tile, need_of, budget))
+    return memory.estimate_bytes(workload(spec, sizes, spec.size, tile))
 
 
-def _what_fits(cfg: DictConfig, sizes: InputSizes, need_of: Callable[[memory.Workload], int],
-               budget: memory.Budget) -> str:
+def _what_fits(spec: RunSpec, sizes: InputSizes, tile: int,
+               need_of: Callable[[memory.Workload], int], budget: memory.Budget) -> str:
     """The largest size that fits, and the larger one bfloat16 would allow."""
 
     def largest(precision: str) -> int:
-        changed = cfg.copy()
-        changed.precision = precision
         return memory.largest_fitting(
-            lambda size: need_of(workload(changed, sizes, size, tile_side(cfg, sizes))),
-            budget.bytes, cfg.size)
+            lambda size: need_of(workload(spec, sizes, size, tile, precision)),
+            budget.bytes, spec.size)
 
-    fits = largest(cfg.precision)
-    if cfg.tiles == 0 and memory.largest_tile(workload(cfg, sizes, cfg.size, 0),
-                                              budget.bytes) > 0:
-        return f"tiles=auto fits at size={cfg.size}, or size={fits} untiled"
+    fits = largest(spec.precision)
+    if spec.tiles == 0 and memory.largest_tile(workload(spec, sizes, spec.size, 0),
+                                               budget.bytes) > 0:
+        return f"tiles=auto fits at size={spec.size}, or size={fits} untiled"
     if not fits:
         return "no size fits; free some memory"
-    if host_precision(cfg.precision) != "float32":
+    if host_precision(spec.precision) != "float32":
         return f"size={fits} fits"
     return f"size={fits} fits, or precision=bfloat16 with size={largest('bfloat16')}"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -26,9 +25,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
-from style_exp.app import preflight
+from style_exp.app.cli import execute_checked, quiet_start_up
+from style_exp.app.parse import parse
 from style_exp.app.schema import Config, default_tracking_uri
 from style_exp.engine.images import file_sha256
+from style_exp.spec.runspec import Provenance
 
 
 class ReproduceError(ValueError):
@@ -73,14 +74,14 @@ def reproduce(run_id: str, tracking_uri: str, out: Path) -> Comparison:
             raise ReproduceError(f"run {run_id} has no complete reproduction record "
                                  f"({error})") from error
     check_inputs(record)
-    from style_exp.app.execute import run  # TensorFlow loads only once the inputs check out
-
     config.tracking.uri = tracking_uri
     config.progress = False
     if config.precision == "auto":  # the original machine's choice, not this one's
         config.precision = record["compute_precision"]
-    preflight.check(config)  # this machine may have less memory than the original's
-    run(config, out, list(record["overrides"]), tags={"reproduces": run_id})
+    overrides = tuple(record["overrides"])
+    # As run.py does: checked (this machine may have less memory than the original's),
+    # then TensorFlow loads, quietly, and the plan is executed.
+    execute_checked(parse(config, overrides), out, Provenance(overrides, {"reproduces": run_id}))
     produced = np.asarray(Image.open(out / "output.png").convert("RGB"))
     if produced.shape != original.shape:
         return Comparison(False, 255, produced.size // 3, out / "output.png")
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_start_up()
     out = args.out or Path("runs/reproduce") / args.run_id
     try:
         result = reproduce(args.run_id, args.tracking_uri or default_tracking_uri(), out)

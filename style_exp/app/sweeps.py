@@ -1,4 +1,4 @@
-"""A sweep's identity: its id, its swept keys and each job's tags, whatever the launcher.
+"""A sweep's identity (its id, its swept keys and each job's tags) and its jobs' outcomes.
 
 Every job of a sweep must agree on these without talking to the others: the id comes
 from Hydra's sweep directory, which all jobs share; a job on a cluster, which may not
@@ -8,10 +8,12 @@ see that directory, gets the id and the swept keys from the driver's environment
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,35 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 SWEEP_ENV = "STYLE_EXP_SWEEP"  # {"id": ..., "swept": [...]}, computed by the driver
+OUTCOME_FILE = "outcome.json"  # in each job's directory: how the job ended
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How one job of a sweep ended, as its launching process reads it back to sum up."""
+
+    job: int
+    overrides: tuple[str, ...]
+    status: str  # finished | failed | killed
+    exit_code: int = 0
+    error: str = ""  # the one line the job printed, for a job that did not finish
+
+    def write(self, job_dir: Path) -> None:
+        """Recorded in the job's directory (atomically: a reader never sees half of it)."""
+        job_dir.mkdir(parents=True, exist_ok=True)
+        partial = job_dir / f".{OUTCOME_FILE}.partial"
+        partial.write_text(json.dumps(dataclasses.asdict(self)))
+        partial.replace(job_dir / OUTCOME_FILE)
+
+
+def job_outcomes(sweep_dir: Path) -> list[JobOutcome]:
+    """The outcomes the sweep's jobs recorded in their directories, by job number (jobs on
+    machines that do not share the sweep directory leave none here)."""
+    found = []
+    for path in sweep_dir.glob(f"*/{OUTCOME_FILE}"):
+        fields = json.loads(path.read_text())
+        found.append(JobOutcome(**{**fields, "overrides": tuple(fields["overrides"])}))
+    return sorted(found, key=lambda outcome: outcome.job)
 
 
 def sweep_id(sweep_dir: Path) -> str:

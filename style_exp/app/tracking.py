@@ -20,8 +20,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from style_exp.app.parse import NO_EFFECT_KEYS
 from style_exp.app.runs import heartbeat
-from style_exp.app.schema import NO_EFFECT_KEYS
 from style_exp.engine.images import to_uint8
 from style_exp.engine.progress import Interrupted, Progress
 

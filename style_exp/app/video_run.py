@@ -12,15 +12,16 @@ import dataclasses
 import hashlib
 import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
 
 from style_exp.app.console import ProgressBar
 from style_exp.app.job import Job
-from style_exp.app.schema import NO_EFFECT_KEYS
+from style_exp.app.parse import NO_EFFECT_KEYS
 from style_exp.app.tracking import MetricsLogger
 from style_exp.engine.images import save_image
 from style_exp.engine.progress import Progress
@@ -32,13 +33,12 @@ NOT_IN_VIDEO_KEY = ("resume", "max_frames", "fps")
 FRAME_FOLDERS = ("frames", "working", "metrics")  # a FrameStore's layout, mirrored in artifacts
 
 
-def resume_key(cfg: DictConfig, input_hashes: dict[str, str]) -> str:
-    """Identifies runs whose frames are interchangeable: same settings, same inputs."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for key in NO_EFFECT_KEYS:
-        config.pop(key, None)
-    for key in NOT_IN_VIDEO_KEY:
-        config["video"].pop(key, None)
+def resume_key(record: Mapping[str, Any], input_hashes: dict[str, str]) -> str:
+    """Identifies runs whose frames are interchangeable: same settings, same inputs.
+    ``record`` is the run's resolved config (``RunSpec.record``)."""
+    config = {key: value for key, value in record.items() if key not in NO_EFFECT_KEYS}
+    config["video"] = {key: value for key, value in record["video"].items()
+                       if key not in NOT_IN_VIDEO_KEY}
     text = json.dumps({"config": config, "inputs": input_hashes}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -73,15 +73,15 @@ def _download_frames(client: MlflowClient, run_id: str, directory: Path) -> Fram
     return FrameStore(directory)
 
 
-def run_clip(cfg: DictConfig, job: Job, output_dir: Path, tracking_uri: str,
-             input_hashes: dict[str, str]) -> list[Frame]:
+def run_clip(job: Job, output_dir: Path, input_hashes: dict[str, str]) -> list[Frame]:
     """Stylise the job's clip in the active MLflow run; write the video once every frame exists."""
-    run = mlflow.active_run()
-    key = resume_key(cfg, input_hashes)
+    spec, run = job.spec, mlflow.active_run()
+    tracking_uri = spec.tracking.uri
+    key = resume_key(spec.record, input_hashes)
     store = FrameStore(output_dir)
     mlflow.set_tags({"style_exp.kind": "video", "video.key": key,
                      "video.store": str(output_dir.resolve())})
-    if cfg.video.resume:
+    if spec.inputs.clip.resume:
         with tempfile.TemporaryDirectory() as download_dir:
             earlier = earlier_frames(tracking_uri, run.info.experiment_id, key,
                                      run.info.run_id, Path(download_dir))
@@ -90,7 +90,7 @@ def run_clip(cfg: DictConfig, job: Job, output_dir: Path, tracking_uri: str,
                 mlflow.set_tags({"video.resumed_from": earlier[0], "video.reused_frames": reused})
 
     logger = MetricsLogger(run.info.run_id, tracking_uri)
-    bar = ProgressBar(job.clip.count, cfg.progress, unit="frame")
+    bar = ProgressBar(job.clip.count, spec.progress, unit="frame")
 
     def on_frame(frame: Frame, _reused: bool) -> None:
         progress = Progress(frame.index, job.clip.count, frame.metrics)
@@ -100,9 +100,8 @@ def run_clip(cfg: DictConfig, job: Job, output_dir: Path, tracking_uri: str,
         bar(dataclasses.replace(progress, step=frame.index + 1))
 
     try:
-        frames = stylize_video(job.clip.frames(), job.frame_problem, job.finish, job.frame_start,
-                               job.network, job.optimizer, job.video, store, cfg.iterations,
-                               on_frame, jit_compile=cfg.xla, stop=job.stop)
+        frames = stylize_video(job.clip.frames(), job, job.network, spec.loop, spec.video, store,
+                               spec.iterations, on_frame)
     finally:
         bar.close()
     mlflow.log_metrics(clip_summary(frames))

@@ -16,10 +16,11 @@ this one and c the mask of pixels where that warp can be trusted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import tensorflow as tf
+
+from style_exp.spec.loss import LossWeights
 
 
 def content_loss(features: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
@@ -50,18 +51,6 @@ def total_variation_loss(image: tf.Tensor) -> tf.Tensor:
 def temporal_loss(image: tf.Tensor, warped: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Mean squared deviation from the warped previous frame where the warp is trusted."""
     return tf.reduce_mean(mask * tf.square(image - warped))
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """How much each term and layer counts; layer weights are already normalised."""
-
-    content: float
-    style: float
-    tv: float
-    content_layers: dict[str, float]
-    style_layers: dict[str, float]
-    temporal: float = 0.0
 
 
 class Targets(NamedTuple):

@@ -11,7 +11,7 @@ shapes, no TensorFlow, so the command line can check before loading anything and
 
 where activations are the elements of every VGG-19 layer up to the deepest one any
 loss reads, at the compute precision, for the whole image or one tile with its halo.
-Tiled runs keep L-BFGS' history in bfloat16 (``optim.LBFGS``); their image-sized
+Tiled runs keep L-BFGS' history in bfloat16 (``lbfgs.LBFGS``); their image-sized
 buffers, ``TILED_IMAGE_BUFFERS``, were fitted to tiled runs' peaks. ``BASE`` (the
 interpreter with TensorFlow, MLflow and the weights loaded) and ``K`` were fitted to the
 peak RSS of real runs (32 to 2048 px, Adam and L-BFGS, float32 and bfloat16; worst error

@@ -1,8 +1,8 @@
 """What the optimisation loops report, and the reporter that decides when: no TensorFlow.
 
 The console, the tracking code and a sweep's launching process take these values
-without loading TensorFlow; the loops in ``stylize.py`` feed the reporter plain
-floats and a way to fetch the image, only at the steps it asks for.
+without loading TensorFlow; the optimisers' loops (``adam.py``, ``lbfgs.py``) feed the
+reporter plain floats and a way to fetch the image, only at the steps it asks for.
 """
 
 from __future__ import annotations

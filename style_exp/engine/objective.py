@@ -1,0 +1,165 @@
+"""What every optimiser minimises, and the dispatch to the optimiser's loop.
+
+A :class:`Problem` (content, styles, loss weights) and the network become an
+:class:`Objective`: the loss terms and their gradient at an image, the targets they are
+measured against, and how to compile a step around them (whole, or tile by tile).
+Each optimiser's module (``adam.py``, ``lbfgs.py``) builds its loop on an objective,
+keeps it in a :class:`Workspace` so a video's frames reuse its compiled step, and
+registers its run function with :func:`optimise` for its settings class; ``stylize.py``
+calls ``optimise`` and never names an optimiser. No Hydra or MLflow here.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import tensorflow as tf
+
+from style_exp.engine.losses import Targets, gram_matrix, loss_terms
+from style_exp.engine.progress import Reporter, Result
+from style_exp.engine.tiles import TiledLoss, tiled_grams
+from style_exp.engine.vgg import VGG19Features
+from style_exp.engine.weights import VGGWeights
+from style_exp.spec.loss import LossWeights
+from style_exp.spec.settings import OptimizerSettings
+
+PIXEL_RANGE = (0.0, 255.0)  # every optimiser keeps the image's pixels in it
+LoopT = TypeVar("LoopT")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What to make: a content image, style images with blend weights, and the loss."""
+
+    content: np.ndarray
+    styles: list[np.ndarray]
+    style_blend: list[float]
+    loss: LossWeights
+    # Video: (previous stylised frame warped onto this one, mask of trusted pixels).
+    temporal: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def build_network(weights: VGGWeights, loss: LossWeights, pooling: str,
+                  precision: str = "float32") -> VGG19Features:
+    """VGG-19 truncated after the deepest layer any loss term reads."""
+    return VGG19Features(weights, [*loss.content_layers, *loss.style_layers], pooling,
+                         precision)
+
+
+def compute_targets(network: VGG19Features, problem: Problem, tile: int = 0) -> Targets:
+    """Content activations and style Gram matrices, computed once up front.
+
+    With ``tile`` the styles' Grams are computed by tiles (a print-size painting does
+    not fit through the network whole) and the content's are left to ``TiledLoss``.
+    """
+    layers = list(problem.loss.style_layers)
+
+    def grams(image: np.ndarray) -> dict[str, tf.Tensor]:
+        if tile:
+            return tiled_grams(network, image, tile, layers)
+        features = network(tf.constant(image[None], tf.float32))
+        return {layer: gram_matrix(features[layer]) for layer in layers}
+
+    style_grams = [(blend, grams(style))
+                   for style, blend in zip(problem.styles, problem.style_blend, strict=True)]
+    content = {}
+    if not tile:
+        features = network(tf.constant(problem.content[None], tf.float32))
+        content = {layer: features[layer] for layer in problem.loss.content_layers}
+    temporal = None
+    if problem.temporal is not None:
+        warped, mask = problem.temporal
+        temporal = (tf.constant(warped[None], tf.float32),
+                    tf.constant(mask[None, ..., None], tf.float32))
+    return Targets(content, style_grams, temporal)
+
+
+def loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Targets,
+                      loss: LossWeights) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """The loss terms at ``image`` and the gradient of their total.
+
+    The loss is scaled by ``network.gradient_scale`` while differentiating so
+    float16 gradients stay in range.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(image)
+        terms = loss_terms(network(image), image, targets, loss)
+        scaled = terms["total"] * network.gradient_scale
+    return terms, tape.gradient(scaled, image) / network.gradient_scale
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The loss terms and their gradient at an image, the problem's targets, and how to
+    compile a step around them.
+
+    ``tiled``: the loss is evaluated by tiles, so image-sized state is what grows with
+    the image and the optimiser should bound its own (``LBFGS(bounded_memory=...)``).
+    ``key``: what ``evaluate`` depends on besides its arguments; a step compiled around
+    one objective serves any other with the same key.
+    """
+
+    evaluate: Callable[[tf.Tensor, Targets], tuple[dict[str, tf.Tensor], tf.Tensor]]
+    targets: Targets
+    compile: Callable[[Callable], Callable]
+    key: tuple
+    tiled: bool = False
+
+
+def objective(problem: Problem, network: VGG19Features, tile: int = 0,
+              xla: bool = False) -> Objective:
+    """Untiled, a step is one compiled graph (with ``xla``, compiled by XLA). Tiled, the
+    step runs eagerly around compiled tile passes, one tile at a time: one graph for all
+    tiles would let TensorFlow run them at once and hold all their activations."""
+    targets = compute_targets(network, problem, tile)
+    if tile:
+        tiled = TiledLoss(network, problem.loss, problem.content, tile)
+        return Objective(tiled, targets, lambda step: step, key=(tiled,), tiled=True)
+
+    def evaluate(image: tf.Tensor, targets: Targets) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        return loss_and_gradient(network, image, targets, problem.loss)
+
+    return Objective(evaluate, targets,
+                     lambda step: tf.function(step, jit_compile=xla, autograph=False),
+                     key=(network, repr(problem.loss), xla))
+
+
+class Workspace:
+    """The optimiser's variables and compiled step, kept from one ``stylize`` call to the
+    next on an image of the same size and settings (a video's frames).
+
+    Each such call resets the variables and reuses the step's trace (with XLA, its
+    program) instead of tracing it again: about a second per frame on this project's
+    CPU. It holds one loop, so a clip keeps one set of image-sized state alive.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._loop: Any = None
+
+    def loop(self, kind: Callable[[Any, Objective, tuple[int, ...]], LoopT],
+             settings: OptimizerSettings, objective: Objective, init: np.ndarray) -> LoopT:
+        """A loop of ``kind`` for ``init``'s size, started at ``init``: the last one if it
+        was built for the same settings and objective, else a new one."""
+        key = (kind, repr(settings), init.shape, *objective.key)
+        if key != self._key:
+            self._key, self._loop = None, None  # free the old state before building
+            self._key, self._loop = key, kind(settings, objective, (1, *init.shape))
+        self._loop.start(init)
+        return self._loop
+
+
+@functools.singledispatch
+def optimise(settings: OptimizerSettings, objective: Objective, init: np.ndarray,
+             iterations: int, reporter: Reporter, workspace: Workspace) -> Result:
+    """Run the loop of the optimiser ``settings`` belong to from ``init`` for at most
+    ``iterations`` steps, reporting through ``reporter``.
+
+    Each optimiser's module registers its loop here for its settings class
+    (``@optimise.register(AdamSettings)`` in ``adam.py``); ``stylize.py`` imports them.
+    """
+    raise TypeError(f"no optimisation loop is registered for {type(settings).__name__}")

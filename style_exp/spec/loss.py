@@ -1,0 +1,103 @@
+"""The loss's settings (the ``loss`` config group) and the normalised weights the engine uses.
+
+:class:`LossSettings` is what a person sets: the terms' weights (the seed code's
+5 / 500 / 100 by default), the layers and optional per-layer weights.
+:meth:`LossSettings.weights` checks them and gives :class:`LossWeights`, each layer
+list's weights scaled to sum 1, which is all ``engine/losses.py`` needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from style_exp.spec.settings import VGG19_LAYERS, ConfigError, check_non_negative, check_positive
+
+CONTENT_LAYERS = ("relu4_2",)
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """How much each term and layer counts; layer weights are already normalised."""
+
+    content: float
+    style: float
+    tv: float
+    content_layers: Mapping[str, float]
+    style_layers: Mapping[str, float]
+    temporal: float = 0.0
+
+    @property
+    def layers(self) -> list[str]:
+        """Every layer a term reads, content's first."""
+        return [*self.content_layers, *self.style_layers]
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The loss as configured: term weights, layers, per-layer weights (default: equal)."""
+
+    content_weight: float = 5.0
+    style_weight: float = 500.0
+    tv_weight: float = 100.0
+    content_layers: tuple[str, ...] = CONTENT_LAYERS
+    content_layer_weights: tuple[float, ...] | None = None  # default: equal
+    style_layers: tuple[str, ...] = STYLE_LAYERS
+    style_layer_weights: tuple[float, ...] | None = None  # default: equal
+    style_layer_exponent: float = 1.0  # layer l (0-based) weighted by exponent**l
+
+    def check(self, prefix: str = "") -> None:
+        self.weights(prefix)
+
+    def weights(self, prefix: str = "") -> LossWeights:
+        """The weights the engine uses, every layer list's weights normalised; raises
+        :class:`ConfigError` naming the key (under ``prefix``) of a bad value."""
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            check_non_negative(f"{prefix}{name}", getattr(self, name))
+        content = layer_weights(f"{prefix}content_layers", self.content_layers,
+                                self.content_layer_weights)
+        check_positive(f"{prefix}style_layer_exponent", self.style_layer_exponent)
+        style = layer_weights(f"{prefix}style_layers", self.style_layers,
+                              self.style_layer_weights, self.style_layer_exponent)
+        return LossWeights(self.content_weight, self.style_weight, self.tv_weight, content, style)
+
+
+def normalised(key: str, values: Sequence[float]) -> tuple[float, ...]:
+    """Non-negative weights scaled to sum 1; ``key`` names them in the error."""
+    values = [float(w) for w in values]
+    if any(w < 0 for w in values) or sum(values) <= 0:
+        raise ConfigError(f"must be non-negative and not all zero, got {values}", key)
+    return tuple(w / sum(values) for w in values)
+
+
+def blend_weights(weights: Sequence[float] | None, count: int) -> tuple[float, ...]:
+    """Style blend weights normalised to sum 1 (equal by default)."""
+    if weights is None:
+        return (1.0 / count,) * count
+    values = [float(w) for w in weights]
+    if len(values) != count:
+        raise ConfigError(f"style_weights has {len(values)} value(s) {values} but there are "
+                          f"{count} style image(s)", "style_weights", "give one weight per style")
+    return normalised("style_weights", values)
+
+
+def layer_weights(key: str, layers: Sequence[str], weights: Sequence[float] | None,
+                  exponent: float = 1.0) -> dict[str, float]:
+    """Per-layer weights for ``layers``, times ``exponent**l`` for the l-th, normalised.
+
+    An exponent above 1 shifts the emphasis towards the later (coarser) layers.
+    """
+    if not layers:
+        raise ConfigError("at least one layer is needed", key)
+    unknown = [name for name in layers if name not in VGG19_LAYERS]
+    if unknown:
+        raise ConfigError(f"unknown VGG-19 layer(s) {unknown}", key, "use names like relu4_2")
+    if len(set(layers)) != len(layers):
+        raise ConfigError(f"layers are repeated in {list(layers)}", key)
+    weights_key = key.replace("layers", "layer_weights")
+    values = [1.0] * len(layers) if weights is None else [float(w) for w in weights]
+    if len(values) != len(layers):
+        raise ConfigError(f"{len(values)} values for {len(layers)} layers", weights_key)
+    scaled = [w * exponent**index for index, w in enumerate(values)]
+    return dict(zip(layers, normalised(weights_key, scaled), strict=True))
