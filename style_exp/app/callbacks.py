@@ -8,6 +8,9 @@ with its worst job's exit code.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,43 @@ from omegaconf import DictConfig
 
 from style_exp.app.console import compare_command, sweep_summary
 from style_exp.app.schema import default_tracking_uri
-from style_exp.app.sweeps import OUTCOME_FILE, job_outcomes, sweep_id
-from style_exp.app.tracking import dashboard_url, experiment_id, sweep_run_count, ui_command
+from style_exp.app.sweeps import (
+    OUTCOME_FILE,
+    SWEEP_ENV,
+    SweepIdentity,
+    driver_sweep,
+    identify,
+    job_outcomes,
+    sweep_identity,
+)
+from style_exp.app.tracking import (
+    dashboard_url,
+    experiment_id,
+    latest_sweep,
+    sweep_run_count,
+    ui_command,
+)
+
+
+def _resumed(config: DictConfig, identity: SweepIdentity) -> str:
+    """The id of the sweep ``sweep.resume`` asks to go on with: the one named, or the latest
+    of the same command (else this new one, which then runs every job)."""
+    uri = config.tracking.uri or default_tracking_uri()
+    experiment, resume = config.tracking.experiment, config.sweep.resume
+    if resume is True:
+        earlier = latest_sweep(uri, experiment, identity.command)
+        if earlier is None:
+            print(f"sweep.resume: no earlier sweep of this command in experiment "
+                  f"{experiment!r}; every job runs", flush=True)
+            return identity.id
+    elif sweep_run_count(uri, experiment_id(uri, experiment), str(resume)) == 0:
+        print(f"error: no runs of sweep {resume} in experiment {experiment!r} (sweep.resume)",
+              file=sys.stderr)
+        raise SystemExit(2)  # not an Exception: Hydra would only warn
+    else:
+        earlier = str(resume)
+    print(f"Resuming sweep {earlier}: its finished jobs are skipped", flush=True)
+    return earlier
 
 
 class SweepSummary(Callback):
@@ -25,13 +63,20 @@ class SweepSummary(Callback):
     dashboard link; then ends the sweep with its worst job's exit code."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Forget the outcomes of an earlier sweep run into the same directory."""
-        for stale in Path(config.hydra.sweep.dir).glob(f"*/{OUTCOME_FILE}"):
+        """Forget the outcomes of an earlier sweep run into the same directory, and tell the
+        jobs the sweep's identity: a resumed sweep's id when ``sweep.resume`` is set."""
+        sweep_dir = Path(config.hydra.sweep.dir)
+        for stale in sweep_dir.glob(f"*/{OUTCOME_FILE}"):
             stale.unlink()
+        identity = identify(sweep_dir, list(config.hydra.overrides.task),
+                            config.hydra.sweeper.get("params"))
+        if config.sweep.resume:
+            identity = dataclasses.replace(identity, id=_resumed(config, identity))
+        os.environ[SWEEP_ENV] = identity.to_env()  # jobs here and launched workers read it
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweep = sweep_id(sweep_dir)
+        sweep = (driver_sweep() or sweep_identity(sweep_dir)).id  # a resumed sweep's id
         uri = config.tracking.uri or default_tracking_uri()
         experiment = experiment_id(uri, config.tracking.experiment)
         outcomes = job_outcomes(sweep_dir)

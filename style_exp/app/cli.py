@@ -34,7 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from style_exp.app.parse import parse
 from style_exp.app.schema import default_tracking_uri
-from style_exp.app.sweeps import JobOutcome, sweep_tags, swept_values
+from style_exp.app.sweeps import JobOutcome, Skipped, sweep_tags, swept_values
 from style_exp.engine import stopping
 from style_exp.engine.stopping import Terminated
 from style_exp.spec.errors import Reported
@@ -153,7 +153,7 @@ def run_job(cfg: DictConfig) -> None:
             tags = sweep_tags(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, list(overrides))
         spec = parse(cfg, overrides)
         # the run prints its name, output and dashboard link
-        execute_checked(spec, output_dir, Provenance(overrides, tags))
+        done = execute_checked(spec, output_dir, Provenance(overrides, tags))
     except KeyboardInterrupt as stop:
         line = stopped_line(stop, output_dir)
         print(line, file=sys.stderr)
@@ -169,17 +169,29 @@ def run_job(cfg: DictConfig) -> None:
         if not sweep:
             sys.exit(exit_code(error))
     else:
-        outcome("finished")
+        outcome("skipped" if isinstance(done, Skipped) else "finished")
 
 
 def execute_checked(spec: RunSpec, output_dir: Path,
-                    provenance: Provenance) -> Result | list[Frame]:
+                    provenance: Provenance) -> Result | list[Frame] | Skipped:
     """Check everything that can be checked in a blink, then load TensorFlow (quietly) and
-    execute the plan: what ``run.py``'s jobs and ``style_exp.reproduce`` both do."""
+    execute the plan: what ``run.py``'s jobs and ``style_exp.reproduce`` both do. A job of
+    a resumed sweep (``sweep.resume``) that the sweep has FINISHED is skipped first."""
     from style_exp.app import preflight
     from style_exp.engine import memory
 
     plan = preflight.check(spec)
+    if spec.resume and "sweep_id" in provenance.tags:
+        from style_exp.app.labels import run_name
+        from style_exp.app.tracking import finished_run
+
+        earlier = finished_run(spec.tracking.uri, spec.tracking.experiment,
+                               provenance.tags["sweep_id"], plan.key)
+        if earlier is not None:
+            name = run_name(spec.inputs, swept_values(provenance.tags))
+            print(f"Run '{name}' skipped: its sweep has it finished already (MLflow run "
+                  f"{earlier}; sweep.resume)", flush=True)
+            return Skipped(earlier)
     if plan.tiled:
         memory.configure_for_tiles()  # only takes full effect before TensorFlow loads
     with _quiet_native_output():

@@ -23,13 +23,13 @@ class ProgressBar:
     def __call__(self, progress: Progress) -> None:
         self.bar.update(progress.step - self.position)
         self.position = progress.step
-        self.bar.set_postfix_str(describe(progress.metrics), refresh=False)
+        self.bar.set_postfix_str(losses_text(progress.metrics), refresh=False)
 
     def close(self) -> None:
         self.bar.close()
 
 
-def describe(metrics: dict[str, float]) -> str:
+def losses_text(metrics: dict[str, float]) -> str:
     """Every loss term present, and a clip's flicker, in a few characters each."""
     parts = [f"{name.removeprefix('loss/')} {value:.3g}" for name, value in metrics.items()
              if name.startswith("loss/")]
@@ -53,14 +53,14 @@ def sweep_summary(sweep: str, runs: int, compare_command: str, url: str,
     """What a finished sweep says last: its id, how its jobs ended (each one that did not
     finish with its override and error), how to compare it, where to look."""
     header = f"Sweep {sweep}: {runs} run{'' if runs == 1 else 's'}"
-    unfinished = [outcome for outcome in outcomes if outcome.status != "finished"]
-    if unfinished:
-        counts = Counter(outcome.status for outcome in outcomes)
+    counts = Counter(outcome.status for outcome in outcomes)
+    if set(counts) - {"finished"}:
         header = f"Sweep {sweep}: {len(outcomes)} jobs, " + ", ".join(
-            f"{counts[status]} {status}" for status in ("finished", "failed", "killed")
+            f"{counts[status]} {status}" for status in ("finished", "skipped", "failed", "killed")
             if counts[status])
+    unfinished = [outcome for outcome in outcomes if outcome.status in ("failed", "killed")]
     lines = [header]
-    for outcome in unfinished:
+    for outcome in unfinished:  # skipped jobs finished in the sweep resumed: nothing to say
         lines.append(f"  {outcome.status:<10} job {outcome.job} "
                      f"({' '.join(outcome.overrides) or 'no overrides'}): {outcome.error}")
     return "\n".join([*lines, f"  compare    {compare_command}", dashboard_line(url, ui_command)])

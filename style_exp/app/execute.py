@@ -29,6 +29,7 @@ from style_exp.app.tracking import (
     NOTE_TAG,
     OUTPUT_IMAGES,
     PROGRESS_IMAGES,
+    RUN_KEY_TAG,
     MetricsLogger,
     dashboard_url,
     environment_tags,
@@ -40,7 +41,7 @@ from style_exp.app.tracking import (
     ui_command,
 )
 from style_exp.app.video_run import run_clip
-from style_exp.engine.images import file_sha256, resize_longest, save_image
+from style_exp.engine.images import resize_longest, save_image
 from style_exp.engine.progress import Interrupted, Progress, Result
 from style_exp.engine.stylize import stylize_scales
 from style_exp.engine.video import Frame
@@ -60,13 +61,15 @@ def execute(plan: Plan, output_dir: Path, provenance: Provenance) -> Result | li
     """Run the planned stylisation, tracked in MLflow: an image, or a clip's frames.
 
     The plan has passed its preflight, so its values and inputs are known to be good
-    before a run is created for it.
+    before a run is created for it. Every run is tagged with its config key (``Plan.key``),
+    by which a resumed sweep finds the jobs it has finished (``cli.execute_checked``).
     """
     started = time.perf_counter()
     spec = plan.spec
     uri = spec.tracking.uri
+    hashes = dict(plan.input_hashes)
     output_dir.mkdir(parents=True, exist_ok=True)
-    tags = {**configure_threads(spec.threads), **provenance.tags}
+    tags = {**configure_threads(spec.threads), **provenance.tags, RUN_KEY_TAG: plan.key}
     name = run_name(spec.inputs, swept_values(tags))
     with tracked_run(uri, spec.tracking.experiment, run_name=name,
                      tags={**environment_tags(), **liveness_tags(), **tags}) as active:
@@ -80,10 +83,9 @@ def execute(plan: Plan, output_dir: Path, provenance: Provenance) -> Result | li
         # What precision=auto chose: a param to compare runs by, a tag to filter them by.
         mlflow.log_param("compute_precision", job.precision)
         mlflow.set_tag("compute_precision", job.precision)
-        record = reproduction_record(job, provenance.overrides)
+        reproduction_record(job, provenance.overrides, hashes)
         _log_inputs(job, output_dir)
         if job.clip is not None:
-            hashes = {name: entry["sha256"] for name, entry in record["inputs"].items()}
             outcome = run_clip(job, output_dir, hashes)
         else:
             outcome = _run_still(job, output_dir, MetricsLogger(active.info.run_id, uri), started)
@@ -99,7 +101,7 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
     spec = job.spec
     bar = ProgressBar(sum(scale.iterations for scale in spec.scales), spec.progress)
     first_step: list[float] = []
-    start = job.finish(job.init)
+    start = job.output_image(job.init)
     log_image(start, PROGRESS_IMAGES, 0)
     mlflow.log_metrics(job.quality(start), step=0)
 
@@ -107,21 +109,21 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
         if not first_step:
             first_step.append(time.perf_counter() - started)
         if progress.image is not None:  # a checkpoint: its image as it would be output
-            image = job.finish(progress.image)
+            image = job.output_image(progress.image)
             progress = dataclasses.replace(progress, image=image,
                                            metrics={**progress.metrics, **job.quality(image)})
             save_image(image, output_dir / "checkpoints" / f"{progress.step:06d}.png")
         bar(progress)
         logger(progress)
 
-    def finish(result: Result) -> Result:
+    def conclude(result: Result) -> Result:
         """The result as output (colours restored), measured, written and described."""
         mlflow.set_tag("stop_reason", result.stop_reason)
-        image = job.finish(result.image)
+        image = job.output_image(result.image)
         quality = job.quality(image)
         mlflow.log_metrics(quality, step=result.steps)
         log_image(image, OUTPUT_IMAGES, 0)
-        seconds = _finish(dataclasses.replace(result, image=image), output_dir, started,
+        seconds = _write_result(dataclasses.replace(result, image=image), output_dir, started,
                           first_step)
         mlflow.set_tag(NOTE_TAG, run_note(spec, image.shape[1::-1], result.steps, quality,
                                           seconds))
@@ -131,11 +133,11 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
         result = stylize_scales(job.problem_at, spec.scales, job.network, job.init, spec.loop,
                                 callback=report, tile=job.tile)
     except Interrupted as interrupt:
-        finish(interrupt.result)
+        conclude(interrupt.result)
         raise
     finally:
         bar.close()
-    return finish(result)
+    return conclude(result)
 
 
 def _log_inputs(job: Job, output_dir: Path) -> None:
@@ -147,14 +149,14 @@ def _log_inputs(job: Job, output_dir: Path) -> None:
     mlflow.set_tag("weights_sha256", job.weights_sha256)
 
 
-def reproduction_record(job: Job, overrides: tuple[str, ...]) -> dict[str, object]:
+def reproduction_record(job: Job, overrides: tuple[str, ...],
+                        hashes: dict[str, str]) -> dict[str, object]:
     """What reproducing this run needs beyond its config: input and weight hashes, versions.
 
     Logged as ``reproduce.json``; the hashes are also tags (``input_sha256.<name>``) so
     the UI can show them.
     """
     files = job.spec.files()
-    hashes = {name: file_sha256(path) for name, path in files.items()}
     versions = library_versions()
     mlflow.set_tags({f"input_sha256.{name}": digest for name, digest in hashes.items()})
     mlflow.set_tags({f"version.{name}": value for name, value in versions.items()})
@@ -172,7 +174,8 @@ def reproduction_record(job: Job, overrides: tuple[str, ...]) -> dict[str, objec
     return record
 
 
-def _finish(result: Result, output_dir: Path, started: float, first_step: list[float]) -> float:
+def _write_result(result: Result, output_dir: Path, started: float,
+                  first_step: list[float]) -> float:
     """Write and log the final image, the loss curve and the timings; the run's seconds."""
     output = save_image(result.image, output_dir / "output.png")
     mlflow.log_artifact(str(output))

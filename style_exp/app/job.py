@@ -57,7 +57,7 @@ class Job:
         """The problem at one scale of a coarse-to-fine run."""
         return rescaled(self.problem, side)
 
-    def finish(self, image: np.ndarray, frame: np.ndarray | None = None) -> np.ndarray:
+    def output_image(self, image: np.ndarray, frame: np.ndarray | None = None) -> np.ndarray:
         """The output image: colour preservation puts the colours of the photo (or of a
         video ``frame``) back."""
         if frame is None:

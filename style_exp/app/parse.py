@@ -10,7 +10,9 @@ image and no TensorFlow: a mistake costs a blink. Below it nothing sees the conf
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,7 +44,7 @@ from style_exp.spec.settings import (
 
 # Keys that change no pixel of the result: where it is recorded, what the terminal shows,
 # threading, and the demo's sizes (already copied into size/iterations when they apply).
-NO_EFFECT_KEYS = ("tracking", "progress", "threads", "resources", "demo")
+NO_EFFECT_KEYS = ("tracking", "progress", "threads", "resources", "demo", "sweep")
 DEMO_KEYS = ("size", "iterations")  # taken from ``demo.*`` unless given
 
 
@@ -80,6 +82,9 @@ def parse(cfg: DictConfig, overrides: Iterable[str] = ()) -> RunSpec:
         raise ConfigError("tiling applies to still images; video frames are optimised whole",
                           "tiles")
     tracking = config["tracking"]
+    resume = config["sweep"]["resume"]
+    if not (isinstance(resume, bool) or (isinstance(resume, str) and resume.strip())):
+        raise ConfigError(f"must be true, false or a sweep id, got {resume!r}", "sweep.resume")
     return RunSpec(
         inputs=inputs, size=config["size"], style_scale=config["style_scale"], scales=scales,
         iterations=config["iterations"], loss=loss, model=model,
@@ -90,7 +95,19 @@ def parse(cfg: DictConfig, overrides: Iterable[str] = ()) -> RunSpec:
         determinism=config["determinism"], threads=threads, progress=config["progress"],
         tracking=Tracking(without_credentials(tracking["uri"]) or default_tracking_uri(),
                           tracking["experiment"]),
-        record=config)
+        resume=resume is not False, record=config)
+
+
+def config_key(record: Mapping[str, Any], input_hashes: Mapping[str, str],
+               ignored_video_keys: Iterable[str] = ()) -> str:
+    """Identifies runs whose results are interchangeable: the same resolved config (keys
+    that change no pixel left out) on the same input files."""
+    config = {key: value for key, value in record.items() if key not in NO_EFFECT_KEYS}
+    ignored = set(ignored_video_keys)
+    config["video"] = {key: value for key, value in record["video"].items()
+                       if key not in ignored}
+    text = json.dumps({"config": config, "inputs": dict(input_hashes)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def overridden_keys(overrides: Iterable[str]) -> list[str]:

@@ -14,14 +14,15 @@ import os
 import sqlite3
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from style_exp.app.parse import config_key
 from style_exp.engine import memory
 from style_exp.engine.device import host_precision
-from style_exp.engine.images import fitted_size, image_size
+from style_exp.engine.images import file_sha256, fitted_size, image_size
 from style_exp.engine.videoio import open_clip
 from style_exp.engine.weights import WEIGHT_SOURCES, weights_file
 from style_exp.spec.errors import RunFailure, UserError
@@ -54,6 +55,12 @@ class Plan:
     sizes: InputSizes
     tile: int
     peak_bytes: int  # the host memory estimate at that tile
+    input_hashes: Mapping[str, str] = field(default_factory=dict)  # sha256 by input name
+
+    @property
+    def key(self) -> str:
+        """The run's config key: runs with equal keys make the same result."""
+        return config_key(self.spec.record, self.input_hashes, ("resume",))
 
     @property
     def tiled(self) -> bool:
@@ -68,7 +75,9 @@ def check(spec: RunSpec) -> Plan:
     check_tracking(spec.tracking.uri)
     host = memory.host_budget()
     tile = tile_side(spec, sizes, host)
-    return Plan(spec, sizes, tile, check_memory(spec, sizes, tile, host))
+    peak = check_memory(spec, sizes, tile, host)
+    return Plan(spec, sizes, tile, peak,
+                {name: file_sha256(path) for name, path in spec.files().items()})
 
 
 def tile_side(spec: RunSpec, sizes: InputSizes, budget: memory.Budget) -> int:

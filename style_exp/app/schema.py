@@ -112,6 +112,15 @@ class ResourcesConfig:
 
 
 @dataclass
+class SweepConfig:
+    """How a sweep (``-m``) treats the runs an earlier one left."""
+
+    # true: the latest sweep of the same command goes on; or a sweep id: that one does.
+    # Its jobs that already have a FINISHED run are skipped, the others run.
+    resume: Any = False
+
+
+@dataclass
 class DemoConfig:
     """Used when no content/style is given: keeps `python run.py` to a couple of minutes."""
 
@@ -150,6 +159,7 @@ class Config:
     video: VideoConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 

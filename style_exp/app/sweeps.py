@@ -20,7 +20,9 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-SWEEP_ENV = "STYLE_EXP_SWEEP"  # {"id": ..., "swept": [...]}, computed by the driver
+SWEEP_ENV = "STYLE_EXP_SWEEP"  # the driver's SweepIdentity, for its jobs
+SWEEP_COMMAND_TAG = "sweep_command"  # the run's sweep's command digest
+RESUME_KEY = "sweep.resume="
 OUTCOME_FILE = "outcome.json"  # in each job's directory: how the job ended
 
 
@@ -30,7 +32,7 @@ class JobOutcome:
 
     job: int
     overrides: tuple[str, ...]
-    status: str  # finished | failed | killed
+    status: str  # finished | skipped (sweep.resume: finished before) | failed | killed
     exit_code: int = 0
     error: str = ""  # the one line the job printed, for a job that did not finish
 
@@ -40,6 +42,13 @@ class JobOutcome:
         partial = job_dir / f".{OUTCOME_FILE}.partial"
         partial.write_text(json.dumps(dataclasses.asdict(self)))
         partial.replace(job_dir / OUTCOME_FILE)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A resumed sweep's job whose run had already FINISHED (``sweep.resume``)."""
+
+    run_id: str
 
 
 def job_outcomes(sweep_dir: Path) -> list[JobOutcome]:
@@ -64,39 +73,69 @@ def sweep_id(sweep_dir: Path) -> str:
     return f"{resolved.parent.name}_{resolved.name}-{digest}"
 
 
-def driver_sweep() -> tuple[str, set[str]] | None:
-    """The sweep's id and swept keys as the driver sent them, if this job came from one."""
+@dataclass(frozen=True)
+class SweepIdentity:
+    """What every job of a sweep shares: the id its runs are grouped by, the keys it sweeps,
+    and a digest of its command line (how ``sweep.resume=true`` finds the sweep again)."""
+
+    id: str
+    swept: frozenset[str]
+    command: str
+
+    def to_env(self) -> str:
+        return json.dumps({"id": self.id, "swept": sorted(self.swept), "command": self.command})
+
+    @classmethod
+    def from_env(cls, text: str) -> SweepIdentity:
+        sent = json.loads(text)
+        return cls(sent["id"], frozenset(sent["swept"]), sent["command"])
+
+
+def identify(sweep_dir: Path, command_line: list[str],
+             sweeper_params: Mapping[str, Any] | None) -> SweepIdentity:
+    """The identity of the sweep Hydra runs in ``sweep_dir`` for ``command_line``."""
+    return SweepIdentity(sweep_id(sweep_dir), frozenset(swept_keys(command_line, sweeper_params)),
+                         command_digest(command_line))
+
+
+def command_digest(command_line: list[str]) -> str:
+    """The sweep's command line, overrides in any order, ``sweep.resume`` left out: the
+    same sweep typed again has the same digest."""
+    kept = sorted(item for item in command_line if not item.startswith(RESUME_KEY))
+    return hashlib.sha1(json.dumps(kept).encode()).hexdigest()[:12]
+
+
+def driver_sweep() -> SweepIdentity | None:
+    """The sweep's identity as the driver sent it, if this job came from one."""
     text = os.environ.get(SWEEP_ENV)
-    if not text:
-        return None
-    sent = json.loads(text)
-    return sent["id"], set(sent["swept"])
+    return SweepIdentity.from_env(text) if text else None
 
 
 def sweep_tags(sweep_dir: Path, job_number: int, job_overrides: list[str]) -> dict[str, str]:
     """Tags that group one sweep's runs and carry each run's swept values.
 
-    A job on a cluster gets the sweep's identity from the driver (see ``driver_sweep``);
-    elsewhere it reads it from the sweep directory.
+    The driver passes the sweep's identity to its jobs (``callbacks.SweepSummary`` and,
+    for Ray, ``cluster.launchers.worker_env``); a job without it reads it from the sweep
+    directory.
     """
-    sweep, swept = driver_sweep() or sweep_identity(sweep_dir)
-    tags = {"sweep_id": sweep, "sweep.job": str(job_number)}
+    identity = driver_sweep() or sweep_identity(sweep_dir)
+    tags = {"sweep_id": identity.id, SWEEP_COMMAND_TAG: identity.command,
+            "sweep.job": str(job_number)}
     for override in job_overrides:
         key, _, value = override.partition("=")
-        if key.lstrip("+~") in swept:
+        if key.lstrip("+~") in identity.swept:
             tags[f"sweep.{key.lstrip('+~')}"] = value
     return tags
 
 
-def sweep_identity(sweep_dir: Path) -> tuple[str, set[str]]:
-    """The sweep's id and swept keys, read back from the ``multirun.yaml`` Hydra writes in
-    the sweep directory before the first job starts."""
+def sweep_identity(sweep_dir: Path) -> SweepIdentity:
+    """The sweep's identity, read back from the ``multirun.yaml`` Hydra writes in the sweep
+    directory before the first job starts."""
     multirun = sweep_dir / "multirun.yaml"
     if not multirun.is_file():
-        return sweep_id(sweep_dir), set()
+        return SweepIdentity(sweep_id(sweep_dir), frozenset(), "")
     hydra = OmegaConf.load(multirun).hydra
-    return sweep_id(sweep_dir), swept_keys(list(hydra.overrides.task),
-                                           hydra.sweeper.get("params"))
+    return identify(sweep_dir, list(hydra.overrides.task), hydra.sweeper.get("params"))
 
 
 def swept_keys(command_line: list[str], sweeper_params: Mapping[str, Any] | None) -> set[str]:

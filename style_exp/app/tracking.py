@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from style_exp.app.parse import NO_EFFECT_KEYS
 from style_exp.app.runs import heartbeat
+from style_exp.app.sweeps import SWEEP_COMMAND_TAG
 from style_exp.engine.images import to_uint8
 from style_exp.engine.progress import Interrupted, Progress
 
@@ -32,6 +33,7 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 TRAINING_VIEW = "workflowType=machine_learning"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+RUN_KEY_TAG = "run_key"  # parse.config_key: runs with equal keys make the same result
 PROGRESS_IMAGES = "progress"  # image series: the start (step 0) and the checkpoints
 OUTPUT_IMAGES = "output"  # image series: the final image, at step 0 in every run
 # Config keys logged as params besides those given on the command line: what a
@@ -119,6 +121,29 @@ def sweep_run_count(tracking_uri: str, experiment: str, sweep: str) -> int:
         [experiment], f"tags.sweep_id = '{sweep}'", max_results=5000))
 
 
+def finished_run(tracking_uri: str, experiment: str, sweep: str, key: str) -> str | None:
+    """The id of a FINISHED run of the sweep with the config key ``key``, if there is one."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id], f"tags.sweep_id = '{sweep}' and tags.{RUN_KEY_TAG} = '{key}' "
+        "and attributes.status = 'FINISHED'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def latest_sweep(tracking_uri: str, experiment: str, command: str) -> str | None:
+    """The id of the latest sweep of the experiment run with the command digest ``command``."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], f"tags.{SWEEP_COMMAND_TAG} = '{command}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].data.tags["sweep_id"] if runs else None
+
+
 def ui_command(tracking_uri: str) -> str | None:
     """The command that serves a local store's UI; None when the store is a server."""
     if tracking_uri.startswith(("http://", "https://")):
@@ -147,9 +172,10 @@ def environment_tags() -> dict[str, str]:
     """TensorFlow version, the device the step runs on, and the code's git commit."""
     import tensorflow as tf
 
-    from style_exp.engine.device import describe
+    from style_exp.engine.device import describe_device
 
-    tags = {"tensorflow": tf.__version__, "device": describe(), "python": platform.python_version()}
+    tags = {"tensorflow": tf.__version__, "device": describe_device(),
+            "python": platform.python_version()}
     commit = _git(["rev-parse", "HEAD"])
     if commit:
         tags["git_commit"] = commit

@@ -9,19 +9,15 @@ both) and goes on from there.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from style_exp.app.console import ProgressBar
 from style_exp.app.job import Job
-from style_exp.app.parse import NO_EFFECT_KEYS
+from style_exp.app.parse import config_key
 from style_exp.app.tracking import MetricsLogger
 from style_exp.engine.images import save_image
 from style_exp.engine.progress import Progress
@@ -31,16 +27,6 @@ from style_exp.engine.videoio import Clip, write_preview, write_video
 # Video keys that change neither which frames are made nor how: left out of the resume key.
 NOT_IN_VIDEO_KEY = ("resume", "max_frames", "fps")
 FRAME_FOLDERS = ("frames", "working", "metrics")  # a FrameStore's layout, mirrored in artifacts
-
-
-def resume_key(record: Mapping[str, Any], input_hashes: dict[str, str]) -> str:
-    """Identifies runs whose frames are interchangeable: same settings, same inputs.
-    ``record`` is the run's resolved config (``RunSpec.record``)."""
-    config = {key: value for key, value in record.items() if key not in NO_EFFECT_KEYS}
-    config["video"] = {key: value for key, value in record["video"].items()
-                       if key not in NOT_IN_VIDEO_KEY}
-    text = json.dumps({"config": config, "inputs": input_hashes}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def earlier_frames(tracking_uri: str, experiment_id: str, key: str, run_id: str,
@@ -77,7 +63,7 @@ def run_clip(job: Job, output_dir: Path, input_hashes: dict[str, str]) -> list[F
     """Stylise the job's clip in the active MLflow run; write the video once every frame exists."""
     spec, run = job.spec, mlflow.active_run()
     tracking_uri = spec.tracking.uri
-    key = resume_key(spec.record, input_hashes)
+    key = config_key(spec.record, input_hashes, NOT_IN_VIDEO_KEY)
     store = FrameStore(output_dir)
     mlflow.set_tags({"style_exp.kind": "video", "video.key": key,
                      "video.store": str(output_dir.resolve())})

@@ -11,7 +11,6 @@ TensorFlow at module level: every ``run.py`` loads this.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -21,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.plugins.config_source import ConfigLoadError
 from omegaconf import OmegaConf
 
-from style_exp.app.sweeps import SWEEP_ENV, sweep_id, swept_keys
+from style_exp.app.sweeps import SWEEP_ENV, identify
 
 # Driver environment variables a worker needs: where and as whom to log, the weights
 # cache, and how much TensorFlow may print.
@@ -66,8 +65,9 @@ def worker_env(sweep_dir: str, command_line: list[str],
     running them in another directory), so its id and swept keys travel with them.
     """
     env = {name: os.environ[name] for name in FORWARDED if os.environ.get(name)}
-    swept = swept_keys(list(command_line), sweeper_params)
-    env[SWEEP_ENV] = json.dumps({"id": sweep_id(Path(sweep_dir)), "swept": sorted(swept)})
+    # The driver's callback has set it (a resumed sweep's id included); else it is computed.
+    env[SWEEP_ENV] = os.environ.get(SWEEP_ENV) or identify(
+        Path(sweep_dir), list(command_line), sweeper_params).to_env()
     return env
 
 

@@ -65,7 +65,7 @@ def cache_frozen_weights() -> None:
         del os.environ[FROZEN_WEIGHTS_ENV]
 
 
-def describe() -> str:
+def describe_device() -> str:
     """The device the step runs on: the first GPU if there is one, else the CPU model."""
     import tensorflow as tf
 

@@ -44,7 +44,7 @@ class FrameMaker(Protocol):
         """The input frame's problem (content, styles, loss)."""
         ...
 
-    def finish(self, image: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    def output_image(self, image: np.ndarray, frame: np.ndarray) -> np.ndarray:
         """The output frame made of an optimised image (colour finishing)."""
         ...
 
@@ -178,7 +178,7 @@ def stylize_video(
     """Stylise each frame in turn; frames already in ``store`` are reused, not redone.
 
     ``maker.problem_for(frame)`` is the frame's problem (content, styles, loss);
-    ``maker.finish(image, frame)`` turns an optimised image into the output frame;
+    ``maker.output_image(image, frame)`` turns an optimised image into the output frame;
     ``maker.start_image(index, frame)`` is where an independent frame starts.
     ``iterations`` is the run's step budget, which the first frame takes unless
     ``settings.first_frame_iterations`` says otherwise; a frame started afresh (the first,
@@ -259,4 +259,5 @@ def _stylize_frame(index: int, current: np.ndarray, previous: Frame | None, *,
                                    stop=NEVER_STOP)
     result = stylize(problem, network, init, loop, iterations, require_progress=not warm,
                      workspace=workspace)
-    return Frame(index, maker.finish(result.image, current), result.image, dict(result.metrics))
+    return Frame(index, maker.output_image(result.image, current), result.image,
+                 dict(result.metrics))

