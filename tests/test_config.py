@@ -89,6 +89,7 @@ def test_schema_rejects_wrong_types(compose_config):
     ("determinism=true xla=true", r"XLA has no deterministic gradient of max pooling \(xla\)"),
     ("tracking.uri=http://admin:hunter2@127.0.0.1:5000",
      r"must not contain a password.* \(tracking.uri\)"),
+    ("memory.retry=always", r"must be one of \('tiles', 'none'\), got 'always' \(memory.retry\)"),
     ("sweep.resume=''", r"must be true, false or a sweep id, got '' \(sweep.resume\)"),
     ("tiles=32", r"must be 0 \(off\), auto or a side of at least 64 px, got 32 \(tiles\)"),
     ("scales=[128,64] size=64", r"must be positive and increasing.* \(scales\)"),

@@ -94,7 +94,8 @@ def test_estimate_grows_with_what_costs_memory():
 def test_refusal_says_what_fits(parse_config, photos, monkeypatch):
     photo, painting = photos
     spec = parse_config([f"content={photo}", f"style={painting}", "size=3000",
-                         "precision=float32"])  # so the hint can offer bfloat16
+                         "precision=float32",  # so the hint can offer bfloat16
+                         "memory.retry=none"])  # refused, not tiled instead
     monkeypatch.setattr(memory, "host_budget", lambda: Budget(2 * 2**30, "cgroup memory limit"))
     monkeypatch.setattr(memory, "gpu_budget", lambda: None)
     with pytest.raises(RunFailure) as error:

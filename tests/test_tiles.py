@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import gradient_image, stripes_image
+from conftest import gradient_image, run_config, stripes_image, write_image
+from mlflow.tracking import MlflowClient
 
 from style_exp.app import preflight
+from style_exp.app.parse import parse
 from style_exp.engine import memory
 from style_exp.engine.losses import gram_matrix
 from style_exp.engine.objective import Problem, build_network, compute_targets, loss_and_gradient
@@ -115,8 +117,34 @@ def test_tiles_auto_resolves_from_the_memory_estimate(parse_config, monkeypatch)
     plan = preflight.check(parse_config(["size=4096", "tiles=auto", "optimizer=lbfgs"]))
     assert plan.tiled and plan.peak_bytes <= 12 * 2**30  # fits with that tile
     with pytest.raises(RunFailure, match="not enough memory") as refused:
-        preflight.check(parse_config(["size=4096", "optimizer=lbfgs"]))
+        preflight.check(parse_config(["size=4096", "optimizer=lbfgs", "memory.retry=none"]))
     assert "tiles=auto fits" in refused.value.hint
+    # By default a still too large to run whole runs in the tiles that fit, and says so.
+    retried = preflight.check(parse_config(["size=4096", "optimizer=lbfgs"]))
+    assert retried.tile == plan.tile and retried.retried.startswith("not enough memory: ")
+    assert retried.retried.endswith(f"in tiles of {plan.tile} px it fits (memory.retry=tiles)")
+    assert not plan.retried  # tiles=auto asked for them
+
+
+def test_a_still_too_large_to_run_whole_runs_in_tiles_and_its_run_says_so(
+        compose_config, tmp_path, monkeypatch):
+    """``memory.retry=tiles`` (the default): with 1% less memory than the whole 256 px run
+    needs, the run goes ahead in the tiles that fit, and its MLflow run says why."""
+    content = write_image(tmp_path / "content.png", gradient_image(192, 256))
+    style = write_image(tmp_path / "style.png", stripes_image(128, 128))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [f"content={content}", f"style={style}", "size=256", "iterations=2",
+                 f"tracking.uri={uri}", "progress=false"]
+    cfg = compose_config(overrides)
+    spec = preflight.check(parse(cfg, overrides)).spec
+    whole = memory.estimate_bytes(preflight.workload(spec, preflight.input_sizes(spec), 256, 0))
+    monkeypatch.setattr(memory, "host_budget", lambda: memory.Budget(whole * 99 // 100, "test"))
+    monkeypatch.setattr(memory, "gpu_budget", lambda: None)
+    run_config(cfg, tmp_path / "out", overrides)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("style_exp").experiment_id])
+    assert run.info.status == "FINISHED" and (tmp_path / "out" / "output.png").is_file()
+    assert run.data.tags["memory.retry"].endswith("px it fits (memory.retry=tiles)")
 
 
 # One L-BFGS step of a workload in a fresh process, set up as run.py sets up a tiled run
@@ -126,7 +154,8 @@ PEAK_RUN = """
 import json, sys
 from style_exp.engine import device, memory
 memory.configure_for_tiles()
-from conftest import gradient_image, stripes_image
+from conftest import gradient_image, run_config, stripes_image, write_image
+from mlflow.tracking import MlflowClient
 from style_exp.spec.loss import LossSettings
 from style_exp.spec.settings import LBFGSSettings, LoopSettings
 from style_exp.engine.objective import Problem, build_network

@@ -181,6 +181,8 @@ def execute_checked(spec: RunSpec, output_dir: Path,
     from style_exp.engine import memory
 
     plan = preflight.check(spec)
+    if plan.retried:
+        print(f"note: {plan.retried}", file=sys.stderr, flush=True)
     if spec.resume and "sweep_id" in provenance.tags:
         from style_exp.app.labels import run_name
         from style_exp.app.tracking import finished_run

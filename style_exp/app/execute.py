@@ -79,6 +79,8 @@ def execute(plan: Plan, output_dir: Path, provenance: Provenance) -> Result | li
         mlflow.log_text(yaml.safe_dump(dict(spec.record), sort_keys=False, allow_unicode=True),
                         "config.yaml")
         mlflow.log_text("\n".join(provenance.overrides) + "\n", "overrides.txt")
+        if plan.retried:
+            mlflow.set_tag("memory.retry", plan.retried)
         job = prepare(plan)
         # What precision=auto chose: a param to compare runs by, a tag to filter them by.
         mlflow.log_param("compute_precision", job.precision)

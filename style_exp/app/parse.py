@@ -46,6 +46,7 @@ from style_exp.spec.settings import (
 # threading, and the demo's sizes (already copied into size/iterations when they apply).
 NO_EFFECT_KEYS = ("tracking", "progress", "threads", "resources", "demo", "sweep")
 DEMO_KEYS = ("size", "iterations")  # taken from ``demo.*`` unless given
+MEMORY_RETRIES = ("tiles", "none")
 
 
 def parse(cfg: DictConfig, overrides: Iterable[str] = ()) -> RunSpec:
@@ -64,6 +65,7 @@ def parse(cfg: DictConfig, overrides: Iterable[str] = ()) -> RunSpec:
     threads = _settings(config, "threads", ThreadSettings)
     check_choice("precision", config["precision"], PRECISIONS)
     check_choice("color", config["color"], COLOR_MODES)
+    check_choice("memory.retry", config["memory"]["retry"], MEMORY_RETRIES)
     check_positive("resources.cpus", config["resources"]["cpus"])
     check_non_negative("resources.gpus", config["resources"]["gpus"])
     scales = scale_plan(config["scales"], config["scale_iterations"], config["size"],
@@ -95,7 +97,8 @@ def parse(cfg: DictConfig, overrides: Iterable[str] = ()) -> RunSpec:
         determinism=config["determinism"], threads=threads, progress=config["progress"],
         tracking=Tracking(without_credentials(tracking["uri"]) or default_tracking_uri(),
                           tracking["experiment"]),
-        resume=resume is not False, record=config)
+        resume=resume is not False, retry_with_tiles=config["memory"]["retry"] == "tiles",
+        record=config)
 
 
 def config_key(record: Mapping[str, Any], input_hashes: Mapping[str, str],

@@ -56,6 +56,8 @@ class Plan:
     tile: int
     peak_bytes: int  # the host memory estimate at that tile
     input_hashes: Mapping[str, str] = field(default_factory=dict)  # sha256 by input name
+    # Why the plan tiles a run that was asked to run whole (``memory.retry=tiles``), or "".
+    retried: str = ""
 
     @property
     def key(self) -> str:
@@ -74,10 +76,31 @@ def check(spec: RunSpec) -> Plan:
     sizes = input_sizes(spec)
     check_tracking(spec.tracking.uri)
     host = memory.host_budget()
-    tile = tile_side(spec, sizes, host)
-    peak = check_memory(spec, sizes, tile, host)
+    tile, retried = tile_side(spec, sizes, host), ""
+    try:
+        peak = check_memory(spec, sizes, tile, host)
+    except NotEnoughMemory as refused:
+        tile = _tile_instead(spec, sizes, host, refused)
+        peak = check_memory(spec, sizes, tile, host)
+        retried = f"{refused.what}; in tiles of {tile} px it fits (memory.retry=tiles)"
     return Plan(spec, sizes, tile, peak,
-                {name: file_sha256(path) for name, path in spec.files().items()})
+                {name: file_sha256(path) for name, path in spec.files().items()}, retried)
+
+
+class NotEnoughMemory(RunFailure):
+    """The run's estimated peak exceeds what the process may use."""
+
+
+def _tile_instead(spec: RunSpec, sizes: InputSizes, host: memory.Budget,
+                  refused: NotEnoughMemory) -> int:
+    """The tile that lets a still asked to run whole fit (``memory.retry=tiles``); else the
+    refusal stands."""
+    if not spec.retry_with_tiles or spec.tiles != 0 or sizes.video:
+        raise refused
+    tile = memory.largest_tile(workload(spec, sizes, spec.size, 0), host.bytes)
+    if tile <= 0:
+        raise refused
+    return tile
 
 
 def tile_side(spec: RunSpec, sizes: InputSizes, budget: memory.Budget) -> int:
@@ -136,7 +159,7 @@ def check_memory(spec: RunSpec, sizes: InputSizes, tile: int, host: memory.Budge
     for need_of, budget in checks:
         need = need_of(workload(spec, sizes, spec.size, tile))
         if need > budget.bytes:
-            raise RunFailure(f"not enough memory: the run needs about {_gb(need)} at its "
+            raise NotEnoughMemory(f"not enough memory: the run needs about {_gb(need)} at its "
                              f"peak, {_gb(budget.bytes)} is available ({budget.source})",
                              f"size={spec.size}", _what_fits(spec, sizes, tile, need_of, budget))
     return memory.estimate_bytes(workload(spec, sizes, spec.size, tile))

@@ -112,6 +112,13 @@ class ResourcesConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """What a run does when the memory estimate says it does not fit."""
+
+    retry: str = "tiles"  # tiles: a still runs tile by tile where that fits | none: refuse
+
+
+@dataclass
 class SweepConfig:
     """How a sweep (``-m``) treats the runs an earlier one left."""
 
@@ -159,6 +166,7 @@ class Config:
     video: VideoConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 

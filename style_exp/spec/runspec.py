@@ -83,6 +83,7 @@ class RunSpec:
     progress: bool  # a progress bar on the terminal
     tracking: Tracking
     resume: bool = False  # in a sweep: skip the run if its sweep has it FINISHED already
+    retry_with_tiles: bool = True  # a still too large to fit whole runs in tiles instead
     record: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
