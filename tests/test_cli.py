@@ -132,7 +132,7 @@ def test_signals_stop_like_ctrl_c(tmp_path, photos, signum, name):
     process = start_endless_run(tmp_path, photos)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signum
+    assert process.returncode == 128 + signum, stderr
     assert stderr.strip().splitlines() == [
         line for line in stderr.strip().splitlines() if line.startswith(f"stopped by {name}")]
     assert f"best image so far in {tmp_path / 'out' / 'output.png'}" in stderr

@@ -102,22 +102,26 @@ def test_interrupt_keeps_best_image(problem, network):
     assert not np.array_equal(result.image, seen[10][1])
 
 
+@pytest.mark.parametrize("surfaced", [False, True], ids=["dropped", "as_another_error"])
 @pytest.mark.parametrize("optimizer", [AdamSettings(), LBFGSSettings()],
                          ids=["adam", "lbfgs"])
-def test_a_stop_python_dropped_is_raised_by_the_loop_at_its_next_step(problem, network,
-                                                                      optimizer):
+def test_a_stop_python_lost_still_stops_the_loop_keeping_the_best_image(problem, network,
+                                                                        optimizer, surfaced):
     """A signal handler's exception raised inside a weakref callback or ``__del__`` is
-    printed and dropped by Python; the recorded request must still stop the loop, through
-    its own handler (best image kept), with the signal that asked for it."""
-    def dropped_while_reporting(event):
+    printed and dropped by Python, and code that catches it may raise another exception in
+    its place; either way the recorded request must stop the loop through its own handler
+    (best image kept), with the signal that asked for it."""
+    def lost_while_reporting(event):
         if event.step == 3:
             stopping.request(signal.SIGTERM)  # recorded; the exception itself was lost
+            if surfaced:
+                raise RuntimeError("interrupted")  # what some native code turns it into
 
     try:
         with pytest.raises(Interrupted) as caught:
             stylize(problem, network, _noise(problem.content.shape),
                     LoopSettings(optimizer=optimizer, stop=NEVER_STOP, log_every=1), 100,
-                    callback=dropped_while_reporting)
+                    callback=lost_while_reporting)
     finally:
         stopping.clear()
     result = caught.value.result

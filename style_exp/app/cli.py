@@ -41,6 +41,7 @@ from style_exp.spec.errors import Reported
 from style_exp.spec.runspec import Provenance, RunSpec
 
 if TYPE_CHECKING:  # TensorFlow loads only once a run is checked
+    from style_exp.app.preflight import Plan
     from style_exp.engine.progress import Result
     from style_exp.engine.video import Frame
 
@@ -154,12 +155,14 @@ def run_job(cfg: DictConfig) -> None:
         spec = parse(cfg, overrides)
         # the run prints its name, output and dashboard link
         done = execute_checked(spec, output_dir, Provenance(overrides, tags))
-    except KeyboardInterrupt as stop:
-        line = stopped_line(stop, output_dir)
-        print(line, file=sys.stderr)
-        outcome("killed", 128 + _signal_number(stop), line)
-        sys.exit(128 + _signal_number(stop))  # a stop ends a whole sweep, as Ctrl-C does
-    except Exception as error:
+    except (KeyboardInterrupt, Exception) as error:
+        stop = stopping.as_stop(error)
+        if stop is not None:
+            line = stopped_line(error if isinstance(error, KeyboardInterrupt) else stop,
+                                output_dir)
+            print(line, file=sys.stderr)
+            outcome("killed", 128 + _signal_number(stop), line)
+            sys.exit(128 + _signal_number(stop))  # a stop ends a whole sweep, as Ctrl-C does
         if not _flag(BRIEF):
             raise
         uri = cfg.tracking.uri or default_tracking_uri()
@@ -183,17 +186,9 @@ def execute_checked(spec: RunSpec, output_dir: Path,
     plan = preflight.check(spec)
     if plan.retried:
         print(f"note: {plan.retried}", file=sys.stderr, flush=True)
-    if spec.resume and "sweep_id" in provenance.tags:
-        from style_exp.app.labels import run_name
-        from style_exp.app.tracking import finished_run
-
-        earlier = finished_run(spec.tracking.uri, spec.tracking.experiment,
-                               provenance.tags["sweep_id"], plan.key)
-        if earlier is not None:
-            name = run_name(spec.inputs, swept_values(provenance.tags))
-            print(f"Run '{name}' skipped: its sweep has it finished already (MLflow run "
-                  f"{earlier}; sweep.resume)", flush=True)
-            return Skipped(earlier)
+    skipped = _finished_before(plan, provenance)
+    if skipped is not None:
+        return skipped
     if plan.tiled:
         memory.configure_for_tiles()  # only takes full effect before TensorFlow loads
     with _quiet_native_output():
@@ -201,6 +196,24 @@ def execute_checked(spec: RunSpec, output_dir: Path,
     from style_exp.app.execute import execute
 
     return execute(plan, output_dir, provenance)
+
+
+def _finished_before(plan: Plan, provenance: Provenance) -> Skipped | None:
+    """A resumed sweep's job that the sweep has FINISHED already (``sweep.resume``)."""
+    spec = plan.spec
+    if not spec.resume or "sweep_id" not in provenance.tags:
+        return None
+    from style_exp.app.labels import run_name
+    from style_exp.app.tracking import finished_run
+
+    earlier = finished_run(spec.tracking.uri, spec.tracking.experiment,
+                           provenance.tags["sweep_id"], plan.key)
+    if earlier is None:
+        return None
+    name = run_name(spec.inputs, swept_values(provenance.tags))
+    print(f"Run '{name}' skipped: its sweep has it finished already (MLflow run {earlier}; "
+          "sweep.resume)", flush=True)
+    return Skipped(earlier)
 
 
 @contextlib.contextmanager

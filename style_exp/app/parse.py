@@ -43,8 +43,9 @@ from style_exp.spec.settings import (
 )
 
 # Keys that change no pixel of the result: where it is recorded, what the terminal shows,
-# threading, and the demo's sizes (already copied into size/iterations when they apply).
-NO_EFFECT_KEYS = ("tracking", "progress", "threads", "resources", "demo", "sweep")
+# threading, the demo's sizes (already copied into size/iterations when they apply), how a
+# sweep resumes, and whether a run too large to fit whole is tiled (tiles are exact).
+NO_EFFECT_KEYS = ("tracking", "progress", "threads", "resources", "demo", "sweep", "memory")
 DEMO_KEYS = ("size", "iterations")  # taken from ``demo.*`` unless given
 MEMORY_RETRIES = ("tiles", "none")
 

@@ -23,8 +23,9 @@ from mlflow.tracking import MlflowClient
 from style_exp.app.parse import NO_EFFECT_KEYS
 from style_exp.app.runs import heartbeat
 from style_exp.app.sweeps import SWEEP_COMMAND_TAG
+from style_exp.engine import stopping
 from style_exp.engine.images import to_uint8
-from style_exp.engine.progress import Interrupted, Progress
+from style_exp.engine.progress import Progress
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # MLflow's UI opens an experiment of this kind on its runs, not on the GenAI overview.
@@ -201,11 +202,11 @@ def tracked_run(tracking_uri: str, experiment: str, run_name: str | None = None,
                            run_name=run_name, tags=dict(tags or {}))
     try:
         yield run
-    except (Interrupted, KeyboardInterrupt):
-        mlflow.set_tag("outcome", "interrupted")
-        mlflow.end_run(status="KILLED")
-        raise
     except BaseException as error:
+        if stopping.as_stop(error) is not None:
+            mlflow.set_tag("outcome", "interrupted")
+            mlflow.end_run(status="KILLED")
+            raise
         message = f"{type(error).__name__}: {error}"
         mlflow.set_tag("error", message[:5000])
         with contextlib.suppress(Exception):

@@ -111,6 +111,9 @@ def run_adam(settings: AdamSettings, objective: Objective, init: np.ndarray, ite
                 if converged := reporter.converged():
                     stop_reason = converged
                     break
-    except KeyboardInterrupt as interrupt:
-        raise Interrupted(reporter.result(loop.best_image.numpy()[0], True)) from interrupt
+    except BaseException as error:
+        stop = stopping.as_stop(error)
+        if stop is None:
+            raise
+        raise Interrupted(reporter.result(loop.best_image.numpy()[0], True)) from stop
     return reporter.result(loop.best_image.numpy()[0], False, stop_reason)

@@ -270,8 +270,11 @@ def run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
                 stop_reason = reporter.converged() or stop_reason
             if stop_reason != "iterations":
                 break
-    except KeyboardInterrupt as interrupt:
-        raise Interrupted(reporter.result(image.numpy()[0], True)) from interrupt
+    except BaseException as error:
+        stop = stopping.as_stop(error)
+        if stop is None:
+            raise
+        raise Interrupted(reporter.result(image.numpy()[0], True)) from stop
     if last is not None and reporter.last_step < last[0]:  # stopped after an unreported step
         reporter.report(*last, lambda: image.numpy()[0])
     return reporter.result(image.numpy()[0], False, stop_reason)

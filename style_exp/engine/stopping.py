@@ -38,6 +38,18 @@ def raise_if_requested() -> None:
         raise Terminated(_requested[0])
 
 
+def as_stop(error: BaseException) -> KeyboardInterrupt | None:
+    """``error`` as the stop it stands for, or None: Ctrl-C or a :class:`Terminated` itself,
+    or, when a stop was asked for, any other exception, since code that catches the
+    signal's exception (native code calling back into Python, a library's clean-up) may
+    raise something else in its place; the stop is then the one recorded."""
+    if isinstance(error, KeyboardInterrupt):
+        return error
+    if _requested and isinstance(error, Exception):
+        return Terminated(_requested[0])
+    return None
+
+
 def clear() -> None:
     """Forget the recorded stop: for a process that goes on after one (tests)."""
     _requested.clear()
