@@ -248,3 +248,23 @@ def test_frames_sharing_a_workspace_trace_once_and_end_as_if_alone(problem, netw
     wider = Problem(gradient_image(48, 80), problem.styles, [1.0], LOSS)
     stylize(wider, network, _noise(wider.content.shape), settings, 2, workspace=workspace)
     assert workspace._loop is not loop  # another size: built afresh, the old state let go
+
+
+def test_a_stop_asked_for_during_a_deferred_block_is_raised_as_it_ends():
+    """Writes to the tracking store run in ``stopping.deferred()``: a signal there is recorded
+    and raised once the block is done (an SQLite transaction cut by it kept the store
+    locked, CI); a stop recorded before the block is left to the loops."""
+    reached = []
+    try:
+        with pytest.raises(stopping.Terminated) as raised:
+            with stopping.deferred():
+                stopping.signalled(signal.SIGTERM)  # what the command line's handler does
+                reached.append("after the signal")
+        assert reached and raised.value.signum == signal.SIGTERM
+        with stopping.deferred():
+            reached.append("a later block")  # the earlier stop is not raised again here
+        with pytest.raises(stopping.Terminated):
+            stopping.signalled(signal.SIGHUP)  # outside a block: raised at once
+    finally:
+        stopping.clear()
+    assert reached == ["after the signal", "a later block"]

@@ -127,7 +127,7 @@ def quiet_start_up() -> None:
 
 def _stop(signum: int, _frame: object) -> None:
     signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
-    raise stopping.request(signum)
+    stopping.signalled(signum)
 
 
 def run_job(cfg: DictConfig) -> None:

@@ -41,6 +41,7 @@ from style_exp.app.tracking import (
     ui_command,
 )
 from style_exp.app.video_run import run_clip
+from style_exp.engine import stopping
 from style_exp.engine.images import resize_longest, save_image
 from style_exp.engine.progress import Interrupted, Progress, Result
 from style_exp.engine.stylize import stylize_scales
@@ -110,14 +111,16 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
     def report(progress: Progress) -> None:
         if not first_step:
             first_step.append(time.perf_counter() - started)
-        if progress.image is not None:  # a checkpoint: its image as it would be output
-            image = job.output_image(progress.image)
-            progress = dataclasses.replace(progress, image=image,
-                                           metrics={**progress.metrics, **job.quality(image)})
-            save_image(image, output_dir / "checkpoints" / f"{progress.step:06d}.png")
-        bar(progress)
-        logger(progress)
+        with stopping.deferred():  # a stop waits for the step's writes to the store
+            if progress.image is not None:  # a checkpoint: its image as it would be output
+                image = job.output_image(progress.image)
+                progress = dataclasses.replace(
+                    progress, image=image, metrics={**progress.metrics, **job.quality(image)})
+                save_image(image, output_dir / "checkpoints" / f"{progress.step:06d}.png")
+            bar(progress)
+            logger(progress)
 
+    @stopping.deferred()
     def conclude(result: Result) -> Result:
         """The result as output (colours restored), measured, written and described."""
         mlflow.set_tag("stop_reason", result.stop_reason)

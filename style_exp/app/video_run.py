@@ -19,6 +19,7 @@ from style_exp.app.console import ProgressBar
 from style_exp.app.job import Job
 from style_exp.app.parse import config_key
 from style_exp.app.tracking import MetricsLogger
+from style_exp.engine import stopping
 from style_exp.engine.images import save_image
 from style_exp.engine.progress import Progress
 from style_exp.engine.video import Frame, FrameStore, clip_summary, stylize_video
@@ -78,6 +79,7 @@ def run_clip(job: Job, output_dir: Path, input_hashes: dict[str, str]) -> list[F
     logger = MetricsLogger(run.info.run_id, tracking_uri)
     bar = ProgressBar(job.clip.count, spec.progress, unit="frame")
 
+    @stopping.deferred()  # a stop waits for the frame's writes to the store
     def on_frame(frame: Frame, _reused: bool) -> None:
         progress = Progress(frame.index, job.clip.count, frame.metrics)
         logger(progress)

@@ -12,10 +12,13 @@ nothing heavy, so every layer may use it.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
+from collections.abc import Iterator
 
 _requested: list[int] = []
+_deferring: list[int] = [0]  # depth of deferred() blocks the main thread is in
 
 
 class Terminated(KeyboardInterrupt):
@@ -30,6 +33,31 @@ def request(signum: int) -> Terminated:
     """Record a stop asked for by ``signum``; the exception to raise for it now."""
     _requested.append(signum)
     return Terminated(signum)
+
+
+def signalled(signum: int) -> None:
+    """What a signal handler does: record the stop and raise it, unless the main thread is
+    in a :func:`deferred` block, which raises it on leaving."""
+    stop = request(signum)
+    if not _deferring[0]:
+        raise stop
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within: a stop is recorded, not raised; one asked for meanwhile is raised on leaving
+    (the loops also raise a recorded one at their next step). For writes to the tracking
+    store, which must not be cut half-way: an SQLite transaction interrupted by the
+    signal's exception kept the store locked, and the run could then record neither its
+    best image nor its end (seen in CI: "database is locked", the run ending FAILED)."""
+    before = len(_requested)
+    _deferring[0] += 1
+    try:
+        yield
+    finally:
+        _deferring[0] -= 1
+    if not _deferring[0] and len(_requested) > before:  # asked for meanwhile
+        raise Terminated(_requested[-1])
 
 
 def raise_if_requested() -> None:
