@@ -256,10 +256,9 @@ def test_a_stop_asked_for_during_a_deferred_block_is_raised_as_it_ends():
     locked, CI); a stop recorded before the block is left to the loops."""
     reached = []
     try:
-        with pytest.raises(stopping.Terminated) as raised:
-            with stopping.deferred():
-                stopping.signalled(signal.SIGTERM)  # what the command line's handler does
-                reached.append("after the signal")
+        with pytest.raises(stopping.Terminated) as raised, stopping.deferred():
+            stopping.signalled(signal.SIGTERM)  # what the command line's handler does
+            reached.append("after the signal")
         assert reached and raised.value.signum == signal.SIGTERM
         with stopping.deferred():
             reached.append("a later block")  # the earlier stop is not raised again here
