@@ -154,7 +154,7 @@ def ui_command(tracking_uri: str) -> str | None:
 
 def log_image(image: np.ndarray, key: str, step: int) -> None:
     """One image of an image series (the UI's image grid shows a key, step by step)."""
-    mlflow.log_image(to_uint8(image), key=key, step=step)
+    mlflow.log_image(to_uint8(image), key=key, step=step, synchronous=True)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
