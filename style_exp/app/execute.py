@@ -136,7 +136,7 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
 
     try:
         result = stylize_scales(job.problem_at, spec.scales, job.network, job.init, spec.loop,
-                                callback=report, tile=job.tile)
+                                callback=report, tile=job.tile, workspaces=job.workspaces)
     except Interrupted as interrupt:
         conclude(interrupt.result)
         raise

@@ -4,12 +4,19 @@ The plan (``preflight.Plan``) says what to do; this loads and builds it, knowing
 nothing of MLflow, so the tracked run (``execute.py``) only records and runs, and
 tests can build a job without a tracking store. A :class:`Job` is also what a clip's
 frame loop asks for each frame's problem, start and output (``engine.video.FrameMaker``).
+
+The jobs of a sweep that share a process (the basic launcher's, or a joblib or Ray
+worker's) share what does not depend on their settings: :data:`WARM` keeps the last
+job's weights, network, quality meter and compiled steps for the next one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -20,12 +27,12 @@ from style_exp.engine.demo import demo_paintings, demo_photo
 from style_exp.engine.device import compute_precision
 from style_exp.engine.images import load_image, resize
 from style_exp.engine.init import initial_image
-from style_exp.engine.objective import Problem, build_network
+from style_exp.engine.objective import Problem, Workspace, build_network
 from style_exp.engine.quality import QualityMeter
 from style_exp.engine.stylize import rescaled
 from style_exp.engine.vgg import VGG19Features
 from style_exp.engine.videoio import Clip, open_clip
-from style_exp.engine.weights import load_weights
+from style_exp.engine.weights import VGGWeights, load_weights
 from style_exp.spec.runspec import RunSpec
 
 
@@ -52,6 +59,8 @@ class Job:
     weights_sha256: str
     quality: QualityMeter  # distances to the photo and the styles as loaded, for any image
     clip: Clip | None = None
+    # Per scale side: the optimiser's compiled step, kept for this process's next job.
+    workspaces: dict[int, Workspace] = field(default_factory=dict)
 
     def problem_at(self, side: int) -> Problem:
         """The problem at one scale of a coarse-to-fine run."""
@@ -90,15 +99,55 @@ def prepare(plan: Plan) -> Job:
     inputs = load_inputs(spec, clip)
     content, styles = color.prepare(inputs.content, inputs.styles, spec.color)
     init = initial_image(spec.init, content, styles, np.random.default_rng(spec.seed))
-    weights = load_weights(spec.model.weights)
+    weights: VGGWeights = WARM.get("weights", spec.model.weights,
+                                   lambda: load_weights(spec.model.weights))
     blend = list(spec.inputs.blend)
     precision = compute_precision(spec.precision)
+    network_key = (weights.sha256, tuple(spec.loss.layers), spec.model.pooling, precision)
+    network = WARM.get("network", network_key,
+                       lambda: build_network(weights, spec.loss, spec.model.pooling, precision))
+    quality_key = (weights.sha256, _digest(inputs.content, *inputs.styles), tuple(blend))
+    quality = WARM.get("quality", quality_key,
+                       lambda: QualityMeter(weights, inputs.content, inputs.styles, blend))
+    sides = tuple(scale.side for scale in spec.scales)
+    workspaces = WARM.get("workspaces", (network_key, sides), dict)
     return Job(
         spec=spec, tile=plan.tile, inputs=inputs,
-        problem=Problem(content, styles, blend, spec.loss), init=init,
-        network=build_network(weights, spec.loss, spec.model.pooling, precision),
-        precision=precision, weights_sha256=weights.sha256,
-        quality=QualityMeter(weights, inputs.content, inputs.styles, blend), clip=clip)
+        problem=Problem(content, styles, blend, spec.loss), init=init, network=network,
+        precision=precision, weights_sha256=weights.sha256, quality=quality, clip=clip,
+        workspaces=workspaces)
+
+
+class Warm:
+    """The last value built under each name, kept while the next job asks for the same key.
+
+    One per name, so a sweep over sizes or inputs holds one network, one quality meter
+    and one set of compiled steps, not one for every job it ran.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[Hashable, Any]] = {}
+
+    def get(self, name: str, key: Hashable, build: Callable[[], Any]) -> Any:
+        kept = self._kept.get(name)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        self._kept.pop(name, None)  # free the old value before building its successor
+        value = build()
+        self._kept[name] = (key, value)
+        return value
+
+
+WARM = Warm()
+
+
+def _digest(*images: np.ndarray) -> str:
+    """Which pixels these are (a few milliseconds at working sizes)."""
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(repr(image.shape).encode())
+        digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
 
 
 def load_inputs(spec: RunSpec, clip: Clip | None = None) -> LoadedInputs:

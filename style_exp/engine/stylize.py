@@ -77,6 +77,7 @@ def stylize_scales(
     *,
     callback: Callable[[Progress], None] | None = None,
     tile: int = 0,
+    workspaces: dict[int, Workspace] | None = None,
 ) -> Result:
     """Coarse-to-fine: optimise at each scale in turn, starting from the previous result.
 
@@ -84,7 +85,9 @@ def stylize_scales(
     resized to the first scale. Steps are numbered across scales and every reported
     step carries ``scale/size``, so one run shows all scales on one axis. Scales
     larger than ``tile`` (px; 0: none) are optimised tile by tile. Each scale ends after
-    its ``iterations`` or, earlier, when ``loop.stop`` finds it converged.
+    its ``iterations`` or, earlier, when ``loop.stop`` finds it converged. Given
+    ``workspaces`` (per side), the untiled scales keep their compiled steps there for
+    the next call: a sweep's next job then starts without tracing.
     """
     total = sum(scale.iterations for scale in scales)
     offset, image, results = 0, init, []
@@ -99,10 +102,14 @@ def stylize_scales(
                     progress, step=progress.step + offset, iterations=total,
                     metrics={**progress.metrics, "scale/size": float(side)}))
 
+        scale_tile = tile if 0 < tile < scale.side else 0
+        workspace = None
+        if workspaces is not None and not scale_tile:
+            workspace = workspaces.setdefault(scale.side, Workspace())
         try:
             result = stylize(problem, network, start, loop, scale.iterations, callback=shifted,
-                             tile=tile if 0 < tile < scale.side else 0,
-                             require_progress=not results)
+                             tile=scale_tile, require_progress=not results,
+                             workspace=workspace)
         except Interrupted as interrupt:
             results.append(_shift(interrupt.result, offset))
             raise Interrupted(_combine(results)) from interrupt
