@@ -13,8 +13,10 @@ from conftest import PROJECT, cli_env, run_cli, start_endless_run, store_uri
 from mlflow.tracking import MlflowClient
 
 from style_exp.app import runs
+from style_exp.app.cli import XLA_CACHE_FLAG, with_xla_cache
 from style_exp.engine import memory
 from style_exp.engine.device import FROZEN_WEIGHTS_ENV, host_precision
+from style_exp.engine.weights import default_cache_dir
 
 
 def _error_lines(done):
@@ -227,15 +229,25 @@ TILED_ALLOCATOR = {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1",
 def test_allocator_settings_only_for_tiled_runs(tmp_path, photos, tiles):
     """A tiled run (80 px in tiles of 64) has the allocator settings of
     ``memory.configure_for_tiles`` (and oneDNN's filter cache off) before TensorFlow loads;
-    an untiled run keeps TensorFlow's defaults, which are faster for it."""
+    an untiled run keeps TensorFlow's defaults, which are faster for it. Either has XLA's
+    persistent cache in the project's cache folder."""
     photo, painting = photos
-    env = {key: value for key, value in cli_env().items() if key not in TILED_ALLOCATOR}
+    env = {key: value for key, value in cli_env().items()
+           if key not in TILED_ALLOCATOR and key != "TF_XLA_FLAGS"}
     done = subprocess.run(
-        [sys.executable, "-c", ALLOCATOR_PROBE, json.dumps(list(TILED_ALLOCATOR)),
+        [sys.executable, "-c", ALLOCATOR_PROBE, json.dumps([*TILED_ALLOCATOR, "TF_XLA_FLAGS"]),
          str(PROJECT / "run.py"), f"content={photo}", f"style={painting}", "size=80",
          f"tiles={tiles}", "iterations=1", "progress=false",
          f"tracking.uri={store_uri(tmp_path)}", f"hydra.run.dir={tmp_path / 'out'}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.split("allocator ")[-1])
+    assert seen.pop("TF_XLA_FLAGS") == f"{XLA_CACHE_FLAG}={default_cache_dir() / 'xla'}"
     assert seen == (TILED_ALLOCATOR if tiles else dict.fromkeys(TILED_ALLOCATOR))
+
+
+def test_xla_cache_keeps_the_users_flags():
+    own = f"{XLA_CACHE_FLAG}=/elsewhere"
+    assert with_xla_cache(f"--tf_xla_auto_jit=2 {own}") == f"--tf_xla_auto_jit=2 {own}"
+    added = with_xla_cache("--tf_xla_auto_jit=2")
+    assert added.startswith(f"--tf_xla_auto_jit=2 {XLA_CACHE_FLAG}=")

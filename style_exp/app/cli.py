@@ -55,6 +55,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # MLflow's own defaults retry a dead server for minutes; a run fails sooner instead.
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
 TRACKING_MODULES = ("mlflow", "sqlalchemy", "sqlite3", "alembic", "requests", "urllib3")
 USAGE_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException,
                 OmegaConfBaseException)
@@ -191,6 +192,7 @@ def execute_checked(spec: RunSpec, output_dir: Path,
         return skipped
     if plan.tiled:
         memory.configure_for_tiles()  # only takes full effect before TensorFlow loads
+    os.environ["TF_XLA_FLAGS"] = with_xla_cache(os.environ.get("TF_XLA_FLAGS", ""))
     with _quiet_native_output():
         import tensorflow  # noqa: F401  (loaded here so its start-up lines can be hidden)
     from style_exp.app.execute import execute
@@ -214,6 +216,18 @@ def _finished_before(plan: Plan, provenance: Provenance) -> Skipped | None:
     print(f"Run '{name}' skipped: its sweep has it finished already (MLflow run {earlier}; "
           "sweep.resume)", flush=True)
     return Skipped(earlier)
+
+
+def with_xla_cache(flags: str) -> str:
+    """``TF_XLA_FLAGS`` with XLA's persistent cache in the project's cache folder (unless
+    the flags name one): the programs XLA compiles (the L-BFGS two-loop, ``loop.xla``
+    steps) are then loaded by later processes instead of compiled again, per image size.
+    Measured under load: the two-loop's first call 5.5-7.3 s compiled, 3.3-3.6 s loaded."""
+    if XLA_CACHE_FLAG in flags:
+        return flags
+    from style_exp.engine.weights import default_cache_dir
+
+    return f"{flags} {XLA_CACHE_FLAG}={default_cache_dir() / 'xla'}".strip()
 
 
 @contextlib.contextmanager
