@@ -21,6 +21,9 @@ def test_run_names_say_what_the_run_is_and_what_differs(parse_config):
     assert name(["content=t.jpg", "style=[a.jpg,b.png]"], {"loss.style_weight": "5000"}) == \
         "t x a+b · style_weight=5000"
     assert name(["demo.styles=2"], {"seed": "1"}) == "grace_hopper x night_swirls+embers · seed=1"
+    # a batch of photos sweeps the content: the name starts with the photo already
+    assert name(["content=p/lake.jpg", "style=a.jpg"], {"content": "p/lake.jpg", "seed": "1"}) \
+        == "lake x a · seed=1"
 
 
 def test_short_keys_stay_apart_when_their_last_parts_clash():

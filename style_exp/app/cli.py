@@ -32,6 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from style_exp.app import batches
 from style_exp.app.parse import parse
 from style_exp.app.schema import default_tracking_uri
 from style_exp.app.sweeps import JobOutcome, Skipped, sweep_tags, swept_values
@@ -103,6 +104,7 @@ def _run(hydra_main: Callable[[], None]) -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stop)
     try:
+        sys.argv = batches.expand(sys.argv)  # content=GLOB: one job per photo
         hydra_main()
     except KeyboardInterrupt as stop:  # before any job started
         print(f"stopped by {_signal_name(stop)}", file=sys.stderr)

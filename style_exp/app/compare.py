@@ -37,6 +37,7 @@ LINE = 15  # px, one line of text
 MARGIN = 6  # px, between an image and its label
 ROW_LABEL = 150  # px, the row labels' column when there is more than one row
 TIME_METRICS = ("time/total_s", "time/per_iteration_ms")
+PHOTO_KEY = "content"  # swept by a batch of photos (``run.py -m 'content=photos/*.jpg'``)
 
 
 class CompareError(ValueError):
@@ -113,10 +114,11 @@ def load_entries(client: MlflowClient, runs: list[Run], keys: list[str],
     return entries, left_out
 
 
-def load_inputs(client: MlflowClient, entries: list[Entry],
-                workdir: Path) -> list[tuple[str, Image.Image]]:
-    """The photo and paintings of each distinct pair of inputs, labelled, as logged."""
-    inputs, seen = [], set()
+def load_inputs(client: MlflowClient, entries: list[Entry], workdir: Path
+                ) -> tuple[list[tuple[str, Image.Image]], dict[str, Image.Image]]:
+    """The photo and paintings of each distinct pair of inputs, labelled, as logged, each
+    image once; a batch's photos (``content`` swept) go by their path instead, for rows."""
+    inputs, seen, shown, photos = [], set(), set(), {}
     for entry in entries:
         tags = entry.run.data.tags
         key = tuple(sorted((k, v) for k, v in tags.items() if k.startswith("input_sha256.")))
@@ -131,9 +133,17 @@ def load_inputs(client: MlflowClient, entries: list[Entry],
             continue  # a run logged by something else: its inputs are unknown
         for path in sorted(folder.iterdir(), key=lambda p: (not p.stem.startswith("content"),
                                                               p.stem)):
+            digest = tags.get(f"input_sha256.{path.stem}", f"{key}/{path.stem}")
+            batch_photo = path.stem == "content" and PHOTO_KEY in entry.values
+            if digest in shown and not batch_photo:
+                continue
+            shown.add(digest)
             with Image.open(path) as image:
-                inputs.append((_input_label(path.stem), image.convert("RGB")))
-    return inputs
+                if batch_photo:
+                    photos[entry.values[PHOTO_KEY]] = image.convert("RGB")
+                else:
+                    inputs.append((_input_label(path.stem), image.convert("RGB")))
+    return inputs, photos
 
 
 def _input_label(stem: str) -> str:
@@ -143,20 +153,36 @@ def _input_label(stem: str) -> str:
     return f"style {int(stem.rsplit('_', 1)[-1]) + 1}"
 
 
+def sheet_axes(keys: list[str]) -> tuple[str | None, list[str]]:
+    """The key the columns go by, and those the rows go by: the first swept key, then the
+    others; a batch's photos each get a row, so a folder of them grows down the sheet."""
+    others = [key for key in keys if key != PHOTO_KEY]
+    return (others[0] if others else None), [*others[1:], *(set(keys) - set(others))]
+
+
+def row_text(key: str, value: str) -> str:
+    """``seed=1``; a batch's photo by its file name alone."""
+    return Path(value).stem if key == PHOTO_KEY else f"{key}={value}"
+
+
 def grid_layout(entries: list[Entry],
                 keys: list[str]) -> tuple[list[str], list[str], dict[tuple[str, str], Entry]]:
-    """Column values (first swept key, or run names), row labels (the other keys) and each
-    cell's run.
+    """Column values (see ``sheet_axes``; run names when nothing is swept), row labels (the
+    other keys) and each cell's run.
 
     Runs with the same values (repeats, or runs of different sweeps) never share a
     cell: the second and later get rows of their own, marked ``#2``, ``#3``, ...
     """
+    column_key, row_keys = sheet_axes(keys)
+
     def column_of(entry: Entry) -> str:
-        return entry.values[keys[0]] if keys else entry.name
+        if column_key:
+            return entry.values[column_key]
+        return "" if row_keys else entry.name
 
     cells: dict[tuple[str, str], Entry] = {}
     for entry in entries:
-        base = ", ".join(f"{k}={entry.values[k]}" for k in keys[1:])
+        base = ", ".join(row_text(k, entry.values[k]) for k in row_keys)
         row, repeat = base, 1
         while (row, column_of(entry)) in cells:
             repeat += 1
@@ -182,11 +208,15 @@ def _thumbnail(image: Image.Image | np.ndarray, side: int) -> Image.Image:
     return thumbnail
 
 
-def contact_sheet(entries: list[Entry], keys: list[str],
-                  inputs: list[tuple[str, Image.Image]]) -> Image.Image:
+def contact_sheet(entries: list[Entry], keys: list[str], inputs: list[tuple[str, Image.Image]],
+                  photos: dict[str, Image.Image] | None = None) -> Image.Image:
     """The inputs in a band on top, then a grid of the final images: columns by the first
-    swept key, rows by the others; each image with its distances right under it."""
+    swept key, rows by the others (``sheet_axes``); each image with its distances right
+    under it. A batch's ``photos`` (by path) sit under their rows' labels."""
     rows, columns, cells = grid_layout(entries, keys)
+    column_key = sheet_axes(keys)[0]
+    row_photos = {row: (photos or {}).get(entry.values.get(PHOTO_KEY, ""))
+                  for (row, _), entry in cells.items()}
     font = ImageFont.load_default(size=12)
     thumbnails = {cell: _thumbnail(entry.image, CELL) for cell, entry in cells.items()}
     row_heights = [max(thumbnails[(row, c)].height for c in columns if (row, c) in cells)
@@ -204,12 +234,15 @@ def contact_sheet(entries: list[Entry], keys: list[str],
         sheet.paste(thumbnail, (x, 0))
         draw.text((x + 2, thumbnail.height + 2), label, fill="black", font=font)
     for c, column in enumerate(columns):
-        heading = f"{keys[0]}={column}" if keys else column
+        heading = f"{column_key}={column}" if column_key else column
         draw.text((left + c * CELL + 2, band), heading[:30], fill="black", font=font)
     top = band + header
     for row, height in zip(rows, row_heights, strict=True):
         if left:
             draw.text((4, top + 2), row, fill="black", font=font)
+            if row_photos.get(row) is not None:
+                side = max(1, min(ROW_LABEL - 2 * MARGIN, height - LINE - MARGIN))
+                sheet.paste(_thumbnail(row_photos[row], side), (4, top + LINE + 2))
         for c, column in enumerate(columns):
             if (row, column) not in cells:
                 continue
@@ -307,9 +340,9 @@ def compare(experiment: str, sweep: str | None, tracking_uri: str,
         entries, left_out = load_entries(client, runs, keys, Path(workdir))
         if not entries:
             raise CompareError("no run has an output.png:\n  " + "\n  ".join(left_out))
-        inputs = load_inputs(client, entries, Path(workdir))
+        inputs, photos = load_inputs(client, entries, Path(workdir))
         sheet_path = out / "contact_sheet.png"
-        contact_sheet(entries, keys, inputs).save(sheet_path)
+        contact_sheet(entries, keys, inputs, photos).save(sheet_path)
     unmeasured = [f"{e.name} ({e.run.info.run_id}): no quality figures, not on the trade-off plot"
                   for e in entries if not e.quality]
     left_out += unmeasured

@@ -42,6 +42,8 @@ def run_name(inputs: Inputs, swept: Mapping[str, str] | None = None) -> str:
     """``tubingen x starry_night``, and in a sweep ``... · style_weight=5000``."""
     photo, paintings = input_names(inputs)
     name = f"{photo} x {'+'.join(paintings)}"
+    swept = {key: value for key, value in (swept or {}).items()
+             if key != "content"}  # a batch's photo: the name starts with it
     return f"{name}{SEPARATOR}{swept_text(swept)}" if swept else name
 
 

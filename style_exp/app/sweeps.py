@@ -20,6 +20,8 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from style_exp.app.batches import as_typed
+
 SWEEP_ENV = "STYLE_EXP_SWEEP"  # the driver's SweepIdentity, for its jobs
 SWEEP_COMMAND_TAG = "sweep_command"  # the run's sweep's command digest
 RESUME_KEY = "sweep.resume="
@@ -99,9 +101,9 @@ def identify(sweep_dir: Path, command_line: list[str],
 
 
 def command_digest(command_line: list[str]) -> str:
-    """The sweep's command line, overrides in any order, ``sweep.resume`` left out: the
-    same sweep typed again has the same digest."""
-    kept = sorted(item for item in command_line if not item.startswith(RESUME_KEY))
+    """The sweep's command line as typed (a batch's glob, not its files), overrides in any
+    order, ``sweep.resume`` left out: the same sweep typed again has the same digest."""
+    kept = sorted(item for item in as_typed(command_line) if not item.startswith(RESUME_KEY))
     return hashlib.sha1(json.dumps(kept).encode()).hexdigest()[:12]
 
 
@@ -124,8 +126,14 @@ def sweep_tags(sweep_dir: Path, job_number: int, job_overrides: list[str]) -> di
     for override in job_overrides:
         key, _, value = override.partition("=")
         if key.lstrip("+~") in identity.swept:
-            tags[f"sweep.{key.lstrip('+~')}"] = value
+            tags[f"sweep.{key.lstrip('+~')}"] = _unescaped(override, value)
     return tags
+
+
+def _unescaped(override: str, text: str) -> str:
+    """A string value as it reads (a batch's path without Hydra's escapes), else as typed."""
+    value = OverridesParser.create().parse_override(override).value()
+    return value if isinstance(value, str) else text
 
 
 def sweep_identity(sweep_dir: Path) -> SweepIdentity:
