@@ -14,8 +14,8 @@ export_project_path()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    cli.run_job(cfg)
+def main(cfg: DictConfig) -> object:
+    return cli.run_job(cfg)  # a sweep's job's outcome, for a search's sweeper
 
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def test_parsing_a_config_needs_no_tensorflow():
 # the sweep and launcher modules read Hydra's own files and register its presets.
 CONFIG_BOUNDARY = {"style_exp.app.schema", "style_exp.app.parse", "style_exp.app.cli",
                    "style_exp.app.callbacks", "style_exp.app.reproduce",
-                   "style_exp.app.sweeps", "style_exp.app.batches",
+                   "style_exp.app.sweeps", "style_exp.app.batches", "style_exp.app.search",
                    "style_exp.cluster.launchers"}
 
 

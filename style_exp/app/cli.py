@@ -42,6 +42,7 @@ from style_exp.spec.errors import Reported
 from style_exp.spec.runspec import Provenance, RunSpec
 
 if TYPE_CHECKING:  # TensorFlow loads only once a run is checked
+    from style_exp.app.execute import Checkpoint
     from style_exp.app.preflight import Plan
     from style_exp.engine.progress import Result
     from style_exp.engine.video import Frame
@@ -133,12 +134,15 @@ def _stop(signum: int, _frame: object) -> None:
     stopping.signalled(signum)
 
 
-def run_job(cfg: DictConfig) -> None:
+def run_job(cfg: DictConfig) -> JobOutcome | None:
     """Hydra's task: parse, check, run, and say in one line what came of it.
 
-    A job of a sweep records how it ended in its directory (``sweeps.JobOutcome``); a
-    failed one returns, so Hydra goes on with the other jobs and the sweep's summary
-    (``callbacks.SweepSummary``) lists it and ends the sweep with its exit code.
+    A job of a sweep records how it ended in its directory (``sweeps.JobOutcome``) and
+    returns it (a search's sweeper reads the run's metrics from it); a failed one
+    returns, so Hydra goes on with the other jobs and the sweep's summary
+    (``callbacks.SweepSummary``) lists it and ends the sweep with its exit code. A
+    search's trial (``search.trial``) reports its checkpoints to its study, whose pruner
+    may stop it early (``study.TrialJudge``).
     """
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -146,18 +150,29 @@ def run_job(cfg: DictConfig) -> None:
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     tags: dict[str, str] = {}
 
-    def outcome(status: str, code: int = 0, error: str = "") -> None:
-        if sweep:  # named by its swept values, as its run is
-            swept = tuple(f"{key}={value}" for key, value in swept_values(tags).items())
-            JobOutcome(hydra_cfg.job.num, swept or overrides, status, code, error).write(
-                output_dir)
+    def outcome(status: str, code: int = 0, error: str = "",
+                metrics: dict[str, float] | None = None) -> JobOutcome | None:
+        if not sweep:
+            return None
+        # named by its swept values, as its run is
+        swept = tuple(f"{key}={value}" for key, value in swept_values(tags).items())
+        done = JobOutcome(hydra_cfg.job.num, swept or overrides, status, code, error,
+                          dict(metrics or {}))
+        done.write(output_dir)
+        return done
 
     try:
         if sweep:
             tags = sweep_tags(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, list(overrides))
         spec = parse(cfg, overrides)
+        judge = None
+        if sweep and spec.search.is_trial:
+            from style_exp.app.study import TrialJudge
+
+            judge = TrialJudge.open(spec.search, spec.tracking.uri)
+            tags = {**tags, **judge.tags()}
         # the run prints its name, output and dashboard link
-        done = execute_checked(spec, output_dir, Provenance(overrides, tags))
+        done = execute_checked(spec, output_dir, Provenance(overrides, tags), judge)
     except (KeyboardInterrupt, Exception) as error:
         stop = stopping.as_stop(error)
         if stop is not None:
@@ -171,15 +186,19 @@ def run_job(cfg: DictConfig) -> None:
         uri = cfg.tracking.uri or default_tracking_uri()
         report(error, uri)
         what, where, _ = describe(error, uri)
-        outcome("failed", exit_code(error), f"{what} ({where})" if where else what)
+        failed = outcome("failed", exit_code(error), f"{what} ({where})" if where else what)
         if not sweep:
             sys.exit(exit_code(error))
-    else:
-        outcome("skipped" if isinstance(done, Skipped) else "finished")
+        return failed
+    if isinstance(done, Skipped):
+        return outcome("skipped")
+    metrics = getattr(done, "metrics", {})
+    return outcome("pruned" if judge is not None and judge.pruned else "finished",
+                   metrics=metrics)
 
 
-def execute_checked(spec: RunSpec, output_dir: Path,
-                    provenance: Provenance) -> Result | list[Frame] | Skipped:
+def execute_checked(spec: RunSpec, output_dir: Path, provenance: Provenance,
+                    on_checkpoint: Checkpoint | None = None) -> Result | list[Frame] | Skipped:
     """Check everything that can be checked in a blink, then load TensorFlow (quietly) and
     execute the plan: what ``run.py``'s jobs and ``style_exp.reproduce`` both do. A job of
     a resumed sweep (``sweep.resume``) that the sweep has FINISHED is skipped first."""
@@ -199,7 +218,7 @@ def execute_checked(spec: RunSpec, output_dir: Path,
         import tensorflow  # noqa: F401  (loaded here so its start-up lines can be hidden)
     from style_exp.app.execute import execute
 
-    return execute(plan, output_dir, provenance)
+    return execute(plan, output_dir, provenance, on_checkpoint)
 
 
 def _finished_before(plan: Plan, provenance: Provenance) -> Skipped | None:

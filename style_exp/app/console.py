@@ -56,8 +56,8 @@ def sweep_summary(sweep: str, runs: int, compare_command: str, url: str,
     counts = Counter(outcome.status for outcome in outcomes)
     if set(counts) - {"finished"}:
         header = f"Sweep {sweep}: {len(outcomes)} jobs, " + ", ".join(
-            f"{counts[status]} {status}" for status in ("finished", "skipped", "failed", "killed")
-            if counts[status])
+            f"{counts[status]} {status}" for status in ("finished", "skipped", "pruned", "failed",
+                                                         "killed") if counts[status])
     unfinished = [outcome for outcome in outcomes if outcome.status in ("failed", "killed")]
     lines = [header]
     for outcome in unfinished:  # skipped jobs finished in the sweep resumed: nothing to say

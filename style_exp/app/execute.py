@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -58,7 +59,13 @@ def output_path(output_dir: Path) -> Path:
     return video if video.is_file() else output_dir / "output.png"
 
 
-def execute(plan: Plan, output_dir: Path, provenance: Provenance) -> Result | list[Frame]:
+# Told each checkpoint's step and metrics (quality included); a returned text stops the
+# run there, best image kept, saying why (a search's pruner: ``study.TrialJudge``).
+Checkpoint = Callable[[int, dict[str, float]], "str | None"]
+
+
+def execute(plan: Plan, output_dir: Path, provenance: Provenance,
+            on_checkpoint: Checkpoint | None = None) -> Result | list[Frame]:
     """Run the planned stylisation, tracked in MLflow: an image, or a clip's frames.
 
     The plan has passed its preflight, so its values and inputs are known to be good
@@ -91,7 +98,8 @@ def execute(plan: Plan, output_dir: Path, provenance: Provenance) -> Result | li
         if job.clip is not None:
             outcome = run_clip(job, output_dir, hashes)
         else:
-            outcome = _run_still(job, output_dir, MetricsLogger(active.info.run_id, uri), started)
+            outcome = _run_still(job, output_dir, MetricsLogger(active.info.run_id, uri), started,
+                                 on_checkpoint)
     info = active.info
     quality = quality_text(outcome.metrics) if isinstance(outcome, Result) else ""
     log.info(run_summary(name, info.run_id, output_path(output_dir), quality,
@@ -99,7 +107,8 @@ def execute(plan: Plan, output_dir: Path, provenance: Provenance) -> Result | li
     return outcome
 
 
-def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float) -> Result:
+def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float,
+               on_checkpoint: Checkpoint | None = None) -> Result:
     """Optimise the image (coarse to fine if asked), reporting every logged step."""
     spec = job.spec
     bar = ProgressBar(sum(scale.iterations for scale in spec.scales), spec.progress)
@@ -108,7 +117,7 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
     log_image(start, PROGRESS_IMAGES, 0)
     mlflow.log_metrics(job.quality(start), step=0)
 
-    def report(progress: Progress) -> None:
+    def report(progress: Progress) -> str | None:
         if not first_step:
             first_step.append(time.perf_counter() - started)
         with stopping.deferred():  # a stop waits for the step's writes to the store
@@ -119,6 +128,9 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
                 save_image(image, output_dir / "checkpoints" / f"{progress.step:06d}.png")
             bar(progress)
             logger(progress)
+            if progress.image is None or on_checkpoint is None:
+                return None
+            return on_checkpoint(progress.step, progress.metrics)
 
     @stopping.deferred()
     def conclude(result: Result) -> Result:
@@ -132,7 +144,8 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
                           first_step)
         mlflow.set_tag(NOTE_TAG, run_note(spec, image.shape[1::-1], result.steps, quality,
                                           seconds))
-        return dataclasses.replace(result, metrics={**result.metrics, **quality})
+        return dataclasses.replace(result, metrics={**result.metrics, **quality,
+                                                    "time/total_s": seconds})
 
     try:
         result = stylize_scales(job.problem_at, spec.scales, job.network, job.init, spec.loop,

@@ -24,6 +24,7 @@ from style_exp.engine.color import COLOR_MODES
 from style_exp.engine.videoio import is_clip
 from style_exp.spec.loss import LossSettings, blend_weights
 from style_exp.spec.runspec import AUTO, Inputs, RunSpec, Scale, Tracking
+from style_exp.spec.search import SearchSettings
 from style_exp.spec.settings import (
     MIN_TILE,
     OPTIMIZERS,
@@ -44,8 +45,10 @@ from style_exp.spec.settings import (
 
 # Keys that change no pixel of the result: where it is recorded, what the terminal shows,
 # threading, the demo's sizes (already copied into size/iterations when they apply), how a
-# sweep resumes, and whether a run too large to fit whole is tiled (tiles are exact).
-NO_EFFECT_KEYS = ("tracking", "progress", "threads", "resources", "demo", "sweep", "memory")
+# sweep resumes, whether a run too large to fit whole is tiled (tiles are exact), and which
+# search trial it is.
+NO_EFFECT_KEYS = ("tracking", "progress", "threads", "resources", "demo", "sweep", "memory",
+                  "search")
 DEMO_KEYS = ("size", "iterations")  # taken from ``demo.*`` unless given
 MEMORY_RETRIES = ("tiles", "none")
 
@@ -99,7 +102,7 @@ def parse(cfg: DictConfig, overrides: Iterable[str] = ()) -> RunSpec:
         tracking=Tracking(without_credentials(tracking["uri"]) or default_tracking_uri(),
                           tracking["experiment"]),
         resume=resume is not False, retry_with_tiles=config["memory"]["retry"] == "tiles",
-        record=config)
+        search=_settings(config, "search", SearchSettings), record=config)
 
 
 def config_key(record: Mapping[str, Any], input_hashes: Mapping[str, str],

@@ -21,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, ListConfig, OmegaConf
 
 from style_exp.spec.loss import LossSettings
+from style_exp.spec.search import SearchSettings
 from style_exp.spec.settings import (
     OPTIMIZERS,
     ClipSettings,
@@ -83,6 +84,8 @@ ThreadsConfig = hydra_schema("ThreadsConfig", ThreadSettings)
 # Used when ``content`` is a video file or a directory of frames: the frame loop's
 # settings plus which frames to read, the output's frame rate and resuming.
 VideoConfig = hydra_schema("VideoConfig", VideoSettings, ClipSettings)
+# An Optuna search (hydra/sweeper=optuna): where its study lives, seeds per trial.
+SearchConfig = hydra_schema("SearchConfig", SearchSettings)
 
 
 def optimizer_schema(settings: type[OptimizerSettings]) -> type:
@@ -169,6 +172,7 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def register_schemas() -> None:

@@ -34,9 +34,10 @@ class JobOutcome:
 
     job: int
     overrides: tuple[str, ...]
-    status: str  # finished | skipped (sweep.resume: finished before) | failed | killed
+    status: str  # finished | skipped (sweep.resume: finished before) | pruned | failed | killed
     exit_code: int = 0
     error: str = ""  # the one line the job printed, for a job that did not finish
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # the run's last
 
     def write(self, job_dir: Path) -> None:
         """Recorded in the job's directory (atomically: a reader never sees half of it)."""

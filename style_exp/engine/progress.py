@@ -57,6 +57,11 @@ class Interrupted(KeyboardInterrupt):
         self.result = result
 
 
+# Called at each reported step; a returned text asks the run to stop there, saying why
+# (a search's pruner, ``app/study.py``): the loop ends as if converged, best image kept.
+ProgressCallback = Callable[[Progress], "str | None"]
+
+
 class Reporter:
     """Decides which steps are reported, times them and calls the callback.
 
@@ -65,7 +70,7 @@ class Reporter:
     """
 
     def __init__(self, iterations: int, log_every: int, checkpoint_every: int,
-                 callback: Callable[[Progress], None] | None, remedy: tuple[str, str],
+                 callback: ProgressCallback | None, remedy: tuple[str, str],
                  stop: StopSettings):
         self.iterations, self.log_every, self.checkpoint_every = iterations, log_every, \
             checkpoint_every
@@ -77,6 +82,7 @@ class Reporter:
         self.setup_s = 0.0
         self.intervals: list[float] = []
         self.history: list[tuple[int, dict[str, float]]] = []
+        self.asked: str | None = None  # the callback's reason to stop, once it gave one
 
     def is_checkpoint(self, step: int) -> bool:
         return self.checkpoint_every > 0 and step % self.checkpoint_every == 0
@@ -99,11 +105,13 @@ class Reporter:
                       f"{self._start()}")
         if self.callback is not None:
             image = current_image() if self.is_checkpoint(step) else None
-            self.callback(Progress(step, self.iterations, metrics, image))
+            self.asked = self.callback(Progress(step, self.iterations, metrics, image)) \
+                or self.asked
 
     def converged(self) -> str | None:
-        """Why the run should stop now that the loss no longer falls, or None."""
-        return self.stop.reason([(step, metrics["loss/total"]) for step, metrics in self.history])
+        """Why the run should stop now (the callback asked, or the loss no longer falls)."""
+        losses = [(step, metrics["loss/total"]) for step, metrics in self.history]
+        return self.asked or self.stop.reason(losses)
 
     def fail(self, what: str) -> None:
         """Raise NoProgress saying ``what`` happened, naming the knob to change."""

@@ -18,7 +18,7 @@ import numpy as np
 from style_exp.engine import adam, lbfgs  # noqa: F401  (importing them registers their loops)
 from style_exp.engine.images import resize, resize_longest
 from style_exp.engine.objective import PIXEL_RANGE, Problem, Workspace, objective, optimise
-from style_exp.engine.progress import Interrupted, Progress, Reporter, Result
+from style_exp.engine.progress import Interrupted, Progress, ProgressCallback, Reporter, Result
 from style_exp.engine.vgg import VGG19Features
 from style_exp.spec.runspec import Scale
 from style_exp.spec.settings import LoopSettings
@@ -33,7 +33,7 @@ def stylize(
     loop: LoopSettings,
     iterations: int,
     *,
-    callback: Callable[[Progress], None] | None = None,
+    callback: ProgressCallback | None = None,
     tile: int = 0,
     require_progress: bool = True,
     workspace: Workspace | None = None,
@@ -75,7 +75,7 @@ def stylize_scales(
     init: np.ndarray,
     loop: LoopSettings,
     *,
-    callback: Callable[[Progress], None] | None = None,
+    callback: ProgressCallback | None = None,
     tile: int = 0,
     workspaces: dict[int, Workspace] | None = None,
 ) -> Result:
@@ -85,22 +85,29 @@ def stylize_scales(
     resized to the first scale. Steps are numbered across scales and every reported
     step carries ``scale/size``, so one run shows all scales on one axis. Scales
     larger than ``tile`` (px; 0: none) are optimised tile by tile. Each scale ends after
-    its ``iterations`` or, earlier, when ``loop.stop`` finds it converged. Given
+    its ``iterations`` or, earlier, when ``loop.stop`` finds it converged; when the
+    callback asks to stop, the run ends there, the later scales left out. Given
     ``workspaces`` (per side), the untiled scales keep their compiled steps there for
     the next call: a sweep's next job then starts without tracing.
     """
     total = sum(scale.iterations for scale in scales)
     offset, image, results = 0, init, []
+    asked: list[str] = []
     for scale in scales:
         problem = problem_at(scale.side)
         height, width = problem.content.shape[:2]
         start = resize(image, (width, height))
 
-        def shifted(progress: Progress, offset: int = offset, side: int = scale.side) -> None:
-            if callback is not None:
-                callback(dataclasses.replace(
-                    progress, step=progress.step + offset, iterations=total,
-                    metrics={**progress.metrics, "scale/size": float(side)}))
+        def shifted(progress: Progress, offset: int = offset,
+                    side: int = scale.side) -> str | None:
+            if callback is None:
+                return None
+            reason = callback(dataclasses.replace(
+                progress, step=progress.step + offset, iterations=total,
+                metrics={**progress.metrics, "scale/size": float(side)}))
+            if reason:
+                asked.append(reason)
+            return reason
 
         scale_tile = tile if 0 < tile < scale.side else 0
         workspace = None
@@ -116,6 +123,8 @@ def stylize_scales(
         results.append(_shift(result, offset))
         offset += result.steps
         image = result.image
+        if asked:
+            break
     return _combine(results)
 
 

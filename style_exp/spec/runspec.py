@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from style_exp.spec.loss import LossWeights
+from style_exp.spec.search import NO_SEARCH, SearchSettings
 from style_exp.spec.settings import (
     ClipSettings,
     InitSettings,
@@ -84,6 +85,7 @@ class RunSpec:
     tracking: Tracking
     resume: bool = False  # in a sweep: skip the run if its sweep has it FINISHED already
     retry_with_tiles: bool = True  # a still too large to fit whole runs in tiles instead
+    search: SearchSettings = NO_SEARCH  # an Optuna search's trial, or none
     record: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
