@@ -221,3 +221,33 @@ def test_a_pruned_search_killed_part_way_resumes_to_completion(tmp_path):
     assert all(run.data.tags["mlflow.parentRunId"] == study_run.info.run_id
                for found in runs.values() for run in found)
     assert math.isfinite(study_run.data.metrics["best/quality/style_distance"])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_a_callback_that_asks_to_stop_ends_the_run_there_and_skips_later_scales(weights,
+                                                                                  optimizer):
+    """How a pruned trial stops (the engine knows no Optuna): the reporter's callback
+    returns a reason; the loop ends at that step with its best image, and the later
+    scales of a coarse-to-fine run are not started."""
+    from conftest import gradient_image, stripes_image
+
+    from style_exp.engine.objective import Problem, build_network
+    from style_exp.engine.stylize import rescaled, stylize_scales
+    from style_exp.spec.loss import LossSettings
+    from style_exp.spec.runspec import Scale
+    from style_exp.spec.settings import NEVER_STOP, OPTIMIZERS, LoopSettings
+
+    loss = LossSettings().weights()
+    problem = Problem(gradient_image(48, 64), [stripes_image(64, 64)], [1.0], loss)
+    seen = []
+
+    def judge(progress):
+        seen.append(progress.step)
+        return "pruned: test" if progress.step == 6 else None
+
+    loop = LoopSettings(optimizer=OPTIMIZERS[optimizer](), stop=NEVER_STOP, log_every=2)
+    result = stylize_scales(lambda side: rescaled(problem, side), [Scale(32, 20), Scale(64, 20)],
+                            build_network(weights, loss, "max"), problem.content, loop,
+                            callback=judge)
+    assert result.steps == 6 and result.stop_reason == "pruned: test"
+    assert seen[-1] == 6 and result.image.shape[:2] == (24, 32)  # the first scale's image
