@@ -7,6 +7,7 @@ from conftest import gradient_image, stripes_image
 from style_exp.engine.quality import (
     CONTENT_DISTANCE,
     STYLE_DISTANCE,
+    STYLE_SWD,
     QualityMeter,
     relative_distance,
 )
@@ -31,6 +32,7 @@ def test_each_input_is_at_distance_zero_from_itself(weights, photo_and_painting)
     assert meter(photo)[CONTENT_DISTANCE] == pytest.approx(0.0, abs=1e-6)
     meter_on_itself = QualityMeter(weights, painting, [painting], [1.0])
     assert meter_on_itself(painting)[STYLE_DISTANCE] == pytest.approx(0.0, abs=1e-6)
+    assert meter_on_itself(painting)[STYLE_SWD] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_the_painting_is_closer_in_style_and_the_photo_in_content(weights, photo_and_painting):
@@ -39,6 +41,7 @@ def test_the_painting_is_closer_in_style_and_the_photo_in_content(weights, photo
     as_photo = meter(photo)
     as_painting = meter(painting[:48])
     assert as_painting[STYLE_DISTANCE] < as_photo[STYLE_DISTANCE]
+    assert as_painting[STYLE_SWD] < as_photo[STYLE_SWD]
     assert as_photo[CONTENT_DISTANCE] < as_painting[CONTENT_DISTANCE]
     assert 0.1 < as_painting[CONTENT_DISTANCE] < 3  # a relative figure, not a raw loss
 
@@ -47,6 +50,9 @@ def test_blend_weights_choose_the_target_style(weights, photo_and_painting):
     photo, painting = photo_and_painting
     only_first = QualityMeter(weights, photo, [painting, photo], [1.0, 0.0])
     assert only_first(painting[:48])[STYLE_DISTANCE] < only_first(photo)[STYLE_DISTANCE]
+    assert only_first(painting[:48])[STYLE_SWD] < only_first(photo)[STYLE_SWD]
+    only_second = QualityMeter(weights, photo, [painting, photo], [0.0, 1.0])
+    assert only_second(photo)[STYLE_SWD] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_smaller_images_are_measured_at_the_photos_size(weights, photo_and_painting):

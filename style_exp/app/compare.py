@@ -29,7 +29,7 @@ from style_exp.app.labels import SEPARATOR, swept_text
 from style_exp.app.schema import TrackingConfig, default_tracking_uri
 from style_exp.app.sweeps import swept_values
 from style_exp.app.tables import write_tables
-from style_exp.engine.quality import CONTENT_DISTANCE, STYLE_DISTANCE
+from style_exp.engine.quality import CONTENT_DISTANCE, STYLE_DISTANCE, STYLE_SWD
 
 CELL = 192  # px, longest side of each image on the sheet
 INPUT_CELL = 128  # px, longest side of each input on the sheet
@@ -261,7 +261,8 @@ def _caption(entry: Entry) -> list[str]:
     if not quality:
         return ["no quality figures", "(run predates them)"]
     return [f"content {quality.get(CONTENT_DISTANCE, np.nan):.3f}",
-            f"style {quality.get(STYLE_DISTANCE, np.nan):.3f}"]
+            f"style {quality.get(STYLE_DISTANCE, np.nan):.3f} "
+            f"swd {quality.get(STYLE_SWD, np.nan):.3f}"]
 
 
 def tradeoff_plot(entries: list[Entry], keys: list[str], path: Path) -> Path:
@@ -323,7 +324,7 @@ def summary_rows(entries: list[Entry]) -> list[dict[str, object]]:
     """One row per run: name, swept values, distances, every loss term (total first), timings."""
     losses = sorted({name for e in entries for name in e.run.data.metrics
                      if name.startswith("loss/")}, key=lambda name: (name != "loss/total", name))
-    measures = (CONTENT_DISTANCE, STYLE_DISTANCE, *losses, *TIME_METRICS)
+    measures = (CONTENT_DISTANCE, STYLE_DISTANCE, STYLE_SWD, *losses, *TIME_METRICS)
     return [{"run": e.name, "run_id": e.run.info.run_id, **e.values,
              **{m: e.run.data.metrics.get(m, float("nan")) for m in measures}}
             for e in entries]

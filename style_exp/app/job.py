@@ -27,6 +27,7 @@ from style_exp.engine.demo import demo_paintings, demo_photo
 from style_exp.engine.device import compute_precision
 from style_exp.engine.images import load_image, resize
 from style_exp.engine.init import initial_image
+from style_exp.engine.masks import load_regions
 from style_exp.engine.objective import Problem, Workspace, build_network
 from style_exp.engine.quality import QualityMeter
 from style_exp.engine.stylize import rescaled
@@ -113,7 +114,9 @@ def prepare(plan: Plan) -> Job:
     workspaces = WARM.get("workspaces", (network_key, sides), dict)
     return Job(
         spec=spec, tile=plan.tile, inputs=inputs,
-        problem=Problem(content, styles, blend, spec.loss), init=init, network=network,
+        problem=Problem(content, styles, blend, spec.loss,
+                        regions=load_regions(spec.inputs.masks) if spec.inputs.masks else ()),
+        init=init, network=network,
         precision=precision, weights_sha256=weights.sha256, quality=quality, clip=clip,
         workspaces=workspaces)
 

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from style_exp.app.schema import default_tracking_uri, settings_from
 from style_exp.engine.color import COLOR_MODES
 from style_exp.engine.videoio import is_clip
-from style_exp.spec.loss import LossSettings, blend_weights
+from style_exp.spec.loss import STYLE_STATISTICS, LossSettings, blend_weights
+from style_exp.spec.masks import MaskSpec, parse_masks
 from style_exp.spec.runspec import AUTO, Inputs, RunSpec, Scale, Tracking
 from style_exp.spec.search import SearchSettings
 from style_exp.spec.settings import (
@@ -61,7 +62,8 @@ def parse(cfg: DictConfig, overrides: Iterable[str] = ()) -> RunSpec:
     for key in ("size", "iterations", "style_scale", "tracking.log_every"):
         check_positive(key, _lookup(config, key))
     check_non_negative("tracking.checkpoint_every", config["tracking"]["checkpoint_every"])
-    loss = settings_from(config["loss"], LossSettings).weights("loss.")
+    loss = settings_from(config["loss"], LossSettings).weights(
+        "loss.", named_settings(config["loss"]["style"], STYLE_STATISTICS, "loss.style."))
     model = _settings(config, "model", ModelSettings)
     optimizer = optimizer_settings(config["optimizer"])
     init = _settings(config, "init", InitSettings)
@@ -132,11 +134,16 @@ def with_demo_defaults(config: dict[str, Any], overridden: Iterable[str]) -> dic
 
 def optimizer_settings(optimizer: Mapping[str, Any]) -> OptimizerSettings:
     """The ``optimizer`` group's values as the settings of the optimiser it names, checked."""
-    if optimizer["name"] not in OPTIMIZERS:
-        raise ConfigError(f"must be one of {tuple(OPTIMIZERS)}, got {optimizer['name']!r}",
-                          "optimizer.name")
-    settings = settings_from(optimizer, OPTIMIZERS[optimizer["name"]])
-    settings.check("optimizer.")
+    return named_settings(optimizer, OPTIMIZERS, "optimizer.")
+
+
+def named_settings(node: Mapping[str, Any], registry: Mapping[str, type], prefix: str) -> Any:
+    """A group's values (under ``prefix``) as the settings of the ``name`` they give, checked."""
+    if node["name"] not in registry:
+        raise ConfigError(f"must be one of {tuple(registry)}, got {node['name']!r}",
+                          f"{prefix}name")
+    settings = settings_from(node, registry[node["name"]])
+    settings.check(prefix)
     return settings
 
 
@@ -184,15 +191,32 @@ def _inputs(config: Mapping[str, Any], clip: ClipSettings) -> Inputs:
     for key, path in named:
         if path is not None and not str(path).strip():
             raise ConfigError("empty file name", key)
-    if (content is None) != (not styles):
+    masks, every_style = parse_masks(config["masks"], styles, config["style_weights"])
+    if masks is not None and content is None:
+        raise ConfigError("masks need a photo", "content", "give content=FILE")
+    if (content is None) != (not every_style):
         raise ConfigError("give both content=FILE and style=FILE, or neither for the demo",
                           "content" if styles else "style")
     demo_styles = config["demo"]["styles"]
     if demo_styles not in (1, 2):
         raise ConfigError(f"must be 1 or 2, got {demo_styles}", "demo.styles")
-    blend = blend_weights(config["style_weights"], len(styles) if styles else demo_styles)
-    return Inputs(content, tuple(styles), blend, demo_styles,
-                  clip if content is not None and is_clip(content) else None)
+    if masks is None:
+        blend = blend_weights(config["style_weights"], len(styles) if styles else demo_styles)
+    else:
+        blend = _regions_blend(masks, len(every_style))
+    return Inputs(content, every_style, blend, demo_styles,
+                  clip if content is not None and is_clip(content) else None, masks)
+
+
+def _regions_blend(masks: MaskSpec, count: int) -> tuple[float, ...]:
+    """What the quality distances measure a masked run against: the styled regions' blends,
+    each region counted once (their areas are not known here)."""
+    styled = [region for region in masks.regions if region.weight > 0] or masks.regions
+    weights = [0.0] * count
+    for region in styled:
+        for index, b in zip(region.styles, region.blend, strict=True):
+            weights[index] += b / len(styled)
+    return tuple(weights)
 
 
 def _tiles(tiles: Any) -> int | str:

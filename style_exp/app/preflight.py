@@ -23,6 +23,7 @@ from style_exp.app.parse import config_key
 from style_exp.engine import memory
 from style_exp.engine.device import host_precision
 from style_exp.engine.images import file_sha256, fitted_size, image_size
+from style_exp.engine.masks import check_labels
 from style_exp.engine.videoio import open_clip
 from style_exp.engine.weights import WEIGHT_SOURCES, weights_file
 from style_exp.spec.errors import RunFailure, UserError
@@ -123,6 +124,8 @@ def input_sizes(spec: RunSpec) -> InputSizes:
         side = spec.style_side
         return InputSizes(image_size(demo_photo_file()), ((side, side),) * inputs.demo_styles)
     styles = tuple(image_size(path) for path in inputs.styles)
+    if inputs.masks is not None:
+        check_labels(inputs.masks)
     if inputs.clip is not None:
         clip = open_clip(inputs.content, spec.size, inputs.clip.stride, inputs.clip.max_frames,
                          inputs.clip.fps)

@@ -20,7 +20,8 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, ListConfig, OmegaConf
 
-from style_exp.spec.loss import LossSettings
+from style_exp.spec.loss import STYLE_STATISTICS, LossSettings
+from style_exp.spec.masks import MaskSpec
 from style_exp.spec.search import SearchSettings
 from style_exp.spec.settings import (
     OPTIMIZERS,
@@ -28,7 +29,6 @@ from style_exp.spec.settings import (
     InitSettings,
     LoopSettings,
     ModelSettings,
-    OptimizerSettings,
     StopSettings,
     ThreadSettings,
     VideoSettings,
@@ -77,7 +77,8 @@ def _as_listed(kind: Any) -> Any:
 
 
 ModelConfig = hydra_schema("ModelConfig", ModelSettings)
-LossConfig = hydra_schema("LossConfig", LossSettings)
+# The loss/style group fills ``style`` with one of STATISTIC_SCHEMAS.
+LossConfig = hydra_schema("LossConfig", LossSettings, extra=(("style", Any, MISSING),))
 InitConfig = hydra_schema("InitConfig", InitSettings)
 StopConfig = hydra_schema("StopConfig", StopSettings)
 ThreadsConfig = hydra_schema("ThreadsConfig", ThreadSettings)
@@ -88,14 +89,18 @@ VideoConfig = hydra_schema("VideoConfig", VideoSettings, ClipSettings)
 SearchConfig = hydra_schema("SearchConfig", SearchSettings)
 
 
-def optimizer_schema(settings: type[OptimizerSettings]) -> type:
-    """The optimiser's settings plus the ``name`` that says which optimiser they are for."""
+def optimizer_schema(settings: type) -> type:
+    """The optimiser's (or style statistic's) settings plus the ``name`` that says which
+    they are for."""
     name = f"{settings.__name__.removesuffix('Settings')}Config"
     return hydra_schema(name, settings, extra=(("name", str, settings.name),))
 
 
 # The optimizer group's schemas (AdamConfig, LBFGSConfig), made when this module loads.
 OPTIMIZER_SCHEMAS = {name: optimizer_schema(settings) for name, settings in OPTIMIZERS.items()}
+# The loss/style group's (GramConfig, MeanStdConfig, WassersteinConfig).
+STATISTIC_SCHEMAS = {name: optimizer_schema(settings)
+                     for name, settings in STYLE_STATISTICS.items()}
 
 
 @dataclass
@@ -128,6 +133,16 @@ class SweepConfig:
     # true: the latest sweep of the same command goes on; or a sweep id: that one does.
     # Its jobs that already have a FINISHED run are skipped, the others run.
     resume: Any = False
+
+
+@dataclass
+class MasksConfig:
+    """Spatial control: a label image and a style, blend and weight per colour
+    (``style_exp/spec/masks.py``)."""
+
+    content: str | None = None  # the label image; none: one style for the whole image
+    regions: list[Any] = field(default_factory=list)  # [{color:[R,G,B],style:...,weight:...}]
+    feather: float = MaskSpec.feather  # px
 
 
 @dataclass
@@ -171,6 +186,7 @@ class Config:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
 
@@ -184,6 +200,8 @@ def register_schemas() -> None:
     store.store(name="config_schema", node=Config)
     store.store(group="model", name="model_schema", node=ModelConfig)
     store.store(group="loss", name="loss_schema", node=LossConfig)
+    for name, schema in STATISTIC_SCHEMAS.items():
+        store.store(group="loss/style", name=f"{name}_schema", node=schema)
     for name, schema in OPTIMIZER_SCHEMAS.items():
         store.store(group="optimizer", name=f"{name}_schema", node=schema)
     store.store(group="init", name="init_schema", node=InitConfig)

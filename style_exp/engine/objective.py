@@ -19,9 +19,18 @@ from typing import Any, TypeVar
 import numpy as np
 import tensorflow as tf
 
-from style_exp.engine.losses import Targets, gram_matrix, loss_terms
+from style_exp.engine.losses import (
+    Moments,
+    StyleTarget,
+    Targets,
+    blend_moments,
+    loss_terms,
+    moments,
+    style_statistic,
+)
+from style_exp.engine.masks import Region, layer_masks
 from style_exp.engine.progress import Reporter, Result
-from style_exp.engine.tiles import TiledLoss, tiled_grams
+from style_exp.engine.tiles import TiledLoss, tiled_moments
 from style_exp.engine.vgg import VGG19Features
 from style_exp.engine.weights import VGGWeights
 from style_exp.spec.loss import LossWeights
@@ -33,7 +42,11 @@ LoopT = TypeVar("LoopT")
 
 @dataclass(frozen=True)
 class Problem:
-    """What to make: a content image, style images with blend weights, and the loss."""
+    """What to make: a content image, style images with blend weights, and the loss.
+
+    With ``regions`` (spatial control) each region has its own styles (indices into
+    ``styles``), blend and weight, and ``style_blend`` is not used.
+    """
 
     content: np.ndarray
     styles: list[np.ndarray]
@@ -41,6 +54,7 @@ class Problem:
     loss: LossWeights
     # Video: (previous stylised frame warped onto this one, mask of trusted pixels).
     temporal: tuple[np.ndarray, np.ndarray] | None = None
+    regions: tuple[Region, ...] = ()
 
 
 def build_network(weights: VGGWeights, loss: LossWeights, pooling: str,
@@ -51,21 +65,38 @@ def build_network(weights: VGGWeights, loss: LossWeights, pooling: str,
 
 
 def compute_targets(network: VGG19Features, problem: Problem, tile: int = 0) -> Targets:
-    """Content activations and style Gram matrices, computed once up front.
+    """Content activations and each region's target style statistics, computed once up front.
 
-    With ``tile`` the styles' Grams are computed by tiles (a print-size painting does
+    With ``tile`` the styles' moments are computed by tiles (a print-size painting does
     not fit through the network whole) and the content's are left to ``TiledLoss``.
     """
     layers = list(problem.loss.style_layers)
 
-    def grams(image: np.ndarray) -> dict[str, tf.Tensor]:
+    def style_moments(image: np.ndarray) -> dict[str, Moments]:
         if tile:
-            return tiled_grams(network, image, tile, layers)
+            return tiled_moments(network, image, tile, layers)
         features = network(tf.constant(image[None], tf.float32))
-        return {layer: gram_matrix(features[layer]) for layer in layers}
+        return {layer: moments(features[layer]) for layer in layers}
 
-    style_grams = [(blend, grams(style))
-                   for style, blend in zip(problem.styles, problem.style_blend, strict=True)]
+    per_style = [style_moments(style) for style in problem.styles]
+    statistic = style_statistic(problem.loss.statistic)
+
+    def target(indices: tuple[int, ...], blend: tuple[float, ...]) -> dict[str, dict]:
+        return {layer: statistic.of_target(blend_moments(
+                    [(b, per_style[i][layer]) for i, b in zip(indices, blend, strict=True)]))
+                for layer in layers}
+
+    if problem.regions:
+        height, width = problem.content.shape[:2]
+        style = [StyleTarget(region.weight,
+                             {layer: tf.constant(mask[None, ..., None])
+                              for layer, mask in layer_masks(region.mask, (height, width),
+                                                             layers).items()},
+                             target(region.styles, region.blend))
+                 for region in problem.regions if region.weight > 0]
+    else:
+        style = [StyleTarget(1.0, None, target(tuple(range(len(problem.styles))),
+                                               tuple(problem.style_blend)))]
     content = {}
     if not tile:
         features = network(tf.constant(problem.content[None], tf.float32))
@@ -75,7 +106,7 @@ def compute_targets(network: VGG19Features, problem: Problem, tile: int = 0) -> 
         warped, mask = problem.temporal
         temporal = (tf.constant(warped[None], tf.float32),
                     tf.constant(mask[None, ..., None], tf.float32))
-    return Targets(content, style_grams, temporal)
+    return Targets(content, style, temporal)
 
 
 def loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Targets,

@@ -1,15 +1,17 @@
 """The whole image's loss and gradient, computed tile by tile in bounded memory.
 
-The style term is global: each layer's Gram matrix sums over every position of the
-image. A tiled evaluation therefore makes two passes:
+The style term is global: every statistic (``losses.py``) is a function of each layer's
+moments s = sum_p m_p F_p and S = sum_p m_p F_p F_p^T over every position p of the
+image (m_p: a region's mask, or 1). A tiled evaluation therefore makes two passes:
 
-1. forward only, tile by tile: each layer's F^T F summed over the positions each tile
-   owns gives the whole image's Gram matrices G, hence the style loss and D = dL/dG;
-2. forward and backward, tile by tile: with D fixed, the style loss's gradient with
-   respect to the features at one position is 2 D F_p / (N C), which needs only that
-   position's features. So each tile differentiates the surrogate
-   sum_p F_p^T D F_p / (N C) over its own positions, whose gradient is the true one,
-   plus its share of the content term; the tiles' input gradients are summed.
+1. forward only, tile by tile: the sums over the positions each tile owns add up to
+   the whole image's moments, hence the style loss and its slopes D_s = dL/ds and
+   D_S = dL/dS (the position counts n do not depend on the image);
+2. forward and backward, tile by tile: with the slopes fixed, the style loss's gradient
+   with respect to the features at one position is m_p (D_s + (D_S + D_S^T) F_p), which
+   needs only that position's features. So each tile differentiates the surrogate
+   sum_p m_p (D_s . F_p + F_p^T D_S F_p) over its own positions, whose gradient is the
+   true one, plus its share of the content term; the tiles' input gradients are summed.
 
 Each tile owns a rectangle of positions aligned to 16 px, so it maps onto the grid of
 every layer (VGG-19 halves the resolution four times); the network sees it with a halo
@@ -27,7 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from style_exp.engine.losses import Targets, temporal_loss, total_variation_loss
+from style_exp.engine.losses import (
+    Moments,
+    Targets,
+    moments,
+    style_term,
+    temporal_loss,
+    total_variation_loss,
+)
 from style_exp.engine.vgg import VGG19Features
 from style_exp.spec.loss import LossWeights
 from style_exp.spec.settings import ALIGN, exact_halo, stride
@@ -94,30 +103,47 @@ class TiledNetwork:
         self.halo = exact_halo(layers) if halo is None else halo
         self.tiles = tile_grid(height, width, side, self.halo)
         self.positions = {layer: position_count(height, width, layer) for layer in layers}
-        self._tile_grams = tf.function(self._tile_grams_eager, reduce_retracing=True)
+        self._tile_moments = tf.function(self._tile_moments_eager, reduce_retracing=True)
 
-    def gram_matrices(self, image: tf.Tensor, layers: list[str]) -> dict[str, tf.Tensor]:
-        """Each layer's Gram matrix F^T F / (N C) of the whole image, from the tiles."""
+    def moments(self, image: tf.Tensor, layers: list[str],
+                regions: list[dict[str, tf.Tensor] | None]) -> list[dict[str, Moments]]:
+        """Each layer's moments over the whole image, positions weighted by each region's
+        masks (None: all 1), from one pass over the tiles."""
         sums = None
         for tile in self.tiles:
-            partial = self._tile_grams(_crop(image, tile), tile.box, tuple(layers))
-            sums = partial if sums is None else {k: sums[k] + partial[k] for k in sums}
-        return {layer: sums[layer] / (self.positions[layer] * sums[layer].shape[0])
-                for layer in layers}
+            partial = self._tile_moments(_crop(image, tile), tile.box, tuple(layers),
+                                         [self.tile_masks(masks, tile) for masks in regions])
+            sums = partial if sums is None else [
+                {layer: Moments(*(a + b for a, b in zip(old[layer], new[layer], strict=True)))
+                 for layer in old}
+                for old, new in zip(sums, partial, strict=True)]
+        return sums
 
-    def _tile_grams_eager(self, crop: tf.Tensor, box: tf.Tensor,
-                          layers: tuple[str, ...]) -> dict[str, tf.Tensor]:
+    def tile_masks(self, masks: dict[str, tf.Tensor] | None,
+                   tile: Tile) -> dict[str, tf.Tensor] | None:
+        """The part of each layer's mask (1, h, w, 1) at the positions ``tile`` owns."""
+        if masks is None:
+            return None
+        y0, y1, x0, x1 = tile.owned
+        return {layer: mask[:, y0 // s:-(-y1 // s), x0 // s:-(-x1 // s), :]
+                for layer, mask in masks.items() for s in [stride(layer)]}
+
+    def _tile_moments_eager(self, crop: tf.Tensor, box: tf.Tensor, layers: tuple[str, ...],
+                            regions: list[dict[str, tf.Tensor] | None]
+                            ) -> list[dict[str, Moments]]:
         features = self.network(crop)
-        return {layer: tf.matmul(f, f, transpose_a=True)
-                for layer in layers for f in [owned(features, layer, box)]}
+        return [{layer: moments(owned(features, layer, box),
+                                None if masks is None else masks[layer])
+                 for layer in layers}
+                for masks in regions]
 
 
-def tiled_grams(network: VGG19Features, image: np.ndarray, side: int,
-                layers: list[str]) -> dict[str, tf.Tensor]:
-    """The Gram matrices of an image too large to pass through the network whole."""
+def tiled_moments(network: VGG19Features, image: np.ndarray, side: int,
+                  layers: list[str]) -> dict[str, Moments]:
+    """The moments of an image too large to pass through the network whole."""
     height, width = image.shape[:2]
     tiled = TiledNetwork(network, layers, height, width, side)
-    return tiled.gram_matrices(tf.constant(image[None], tf.float32), layers)
+    return tiled.moments(tf.constant(image[None], tf.float32), layers, [None])[0]
 
 
 class TiledLoss(TiledNetwork):
@@ -146,23 +172,27 @@ class TiledLoss(TiledNetwork):
                  targets: Targets) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
         """The loss terms at ``image`` (whole-image values) and the gradient of their total.
 
-        ``targets`` gives the style Grams and the temporal target; the content targets
-        are the tiles' own.
+        ``targets`` gives the style statistics (and regions' masks) and the temporal
+        target; the content targets are the tiles' own.
         """
-        grams = self.gram_matrices(image, list(self.loss.style_layers))
+        regions = [target.masks for target in targets.style]
+        sums = self.moments(image, list(self.loss.style_layers), regions)
+        sums_of = [{layer: (m.total, m.outer) for layer, m in region.items()} for region in sums]
         with tf.GradientTape() as tape:
-            tape.watch(grams)
-            style = self.loss.style * tf.add_n([
-                blend * lam * tf.reduce_mean(tf.square(grams[layer] - target[layer]))
-                for blend, target in targets.style_grams
-                for layer, lam in self.loss.style_layers.items()])
-        style_slopes = tape.gradient(style, grams)  # D = dL/dG per layer
+            tape.watch(sums_of)
+            style = style_term([{layer: Moments(sums[r][layer].count, *parts)
+                                 for layer, parts in region.items()}
+                                for r, region in enumerate(sums_of)], targets, self.loss)
+        # (D_s, D_S) per region and layer; a statistic may not read s (the Gram).
+        slopes = tape.gradient(style, sums_of,
+                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         content = tf.constant(0.0)
         terms, gradient = self._pixel_terms(image, targets.temporal)
         summed = tf.Variable(gradient)  # tiles add into their crop: no image-sized copy each
         for tile, tile_content in zip(self.tiles, self.content_targets, strict=True):
-            value, tile_gradient = self._tile_gradient(_crop(image, tile), tile.box,
-                                                       style_slopes, tile_content)
+            value, tile_gradient = self._tile_gradient(
+                _crop(image, tile), tile.box, slopes,
+                [self.tile_masks(masks, tile) for masks in regions], tile_content)
             content += value
             y0, y1, x0, x1 = tile.crop
             summed[:, y0:y1, x0:x1, :].assign(summed[:, y0:y1, x0:x1, :] + tile_gradient)
@@ -171,7 +201,8 @@ class TiledLoss(TiledNetwork):
         return terms, tf.convert_to_tensor(summed)
 
     def _tile_gradient_eager(self, crop: tf.Tensor, box: tf.Tensor,
-                             style_slopes: dict[str, tf.Tensor],
+                             slopes: list[dict[str, tuple[tf.Tensor, tf.Tensor]]],
+                             masks: list[dict[str, tf.Tensor] | None],
                              content_targets: dict[str, tf.Tensor]
                              ) -> tuple[tf.Tensor, tf.Tensor]:
         """This tile's content loss, and the gradient of it plus the style surrogate."""
@@ -183,10 +214,15 @@ class TiledLoss(TiledNetwork):
                                                - tf.cast(content_targets[layer], tf.float32)),
                                      layer)
                 for layer, a in self.loss.content_layers.items()])
-            # Its gradient at each position is the style loss's: 2 D F_p / (N C).
-            surrogate = tf.add_n([
-                self._mean_share(tf.matmul(f, slope) * f, layer)
-                for layer, slope in style_slopes.items() for f in [owned(features, layer, box)]])
+            # Its gradient at each position is the style loss's: m_p (D_s + (D_S + D_S^T) F_p).
+            surrogate = tf.add_n([tf.constant(0.0)] + [
+                tf.reduce_sum(weight * (tf.linalg.matvec(f, d_sum)
+                                        + tf.reduce_sum(tf.matmul(f, d_outer) * f, -1)))
+                for region, region_masks in zip(slopes, masks, strict=True)
+                for layer, (d_sum, d_outer) in region.items()
+                for f in [owned(features, layer, box)]
+                for weight in [1.0 if region_masks is None
+                               else tf.reshape(region_masks[layer], (-1,))]])
             scaled = (content + surrogate) * self.network.gradient_scale
         return content, tape.gradient(scaled, crop) / self.network.gradient_scale
 

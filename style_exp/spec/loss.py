@@ -4,17 +4,70 @@
 5 / 500 / 100 by default), the layers and optional per-layer weights.
 :meth:`LossSettings.weights` checks them and gives :class:`LossWeights`, each layer
 list's weights scaled to sum 1, which is all ``engine/losses.py`` needs.
+
+The style statistic is a config group of its own (``loss/style=gram|mean_std|wasserstein``):
+one settings class per statistic in :data:`STYLE_STATISTICS`, its YAML in
+``conf/loss/style/`` and its equations and function in ``engine/losses.py``. To add
+one: a class here with a ``check``, its entry, its YAML, its function and a test.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from style_exp.spec.settings import VGG19_LAYERS, ConfigError, check_non_negative, check_positive
 
 CONTENT_LAYERS = ("relu4_2",)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+@dataclass(frozen=True)
+class GramSettings:
+    """The seed's statistic: the Gram matrix of each style layer's features."""
+
+    name: ClassVar[str] = "gram"  # its option in the loss/style group
+    # Multiplies the style term (all statistics have one; the Gram's is the seed's 1).
+    scale: float = 1.0
+
+    def check(self, prefix: str = "") -> None:
+        check_positive(f"{prefix}scale", self.scale)
+
+
+@dataclass(frozen=True)
+class MeanStdSettings:
+    """Each channel's mean and standard deviation (the statistics AdaIN matches)."""
+
+    name: ClassVar[str] = "mean_std"
+    # Brings the style gradient at the photo to the Gram's size (geometric mean over three
+    # pairs at 256 px: 2.1), so style_weight keeps its balance with content (README,
+    # "Style statistics").
+    scale: float = 2.0
+
+    def check(self, prefix: str = "") -> None:
+        check_positive(f"{prefix}scale", self.scale)
+
+
+@dataclass(frozen=True)
+class WassersteinSettings:
+    """The 2-Wasserstein distance between Gaussians fitted to the features (mean, covariance)."""
+
+    name: ClassVar[str] = "wasserstein"
+    scale: float = 2.0  # as MeanStdSettings.scale (measured: 1.7)
+    # Added to both covariances' diagonals, relative to the style's mean variance: keeps
+    # the square root's gradient finite where features are rank-deficient (small layers).
+    ridge: float = 1e-3
+
+    def check(self, prefix: str = "") -> None:
+        check_positive(f"{prefix}scale", self.scale)
+        check_non_negative(f"{prefix}ridge", self.ridge)
+
+
+StatisticSettings = GramSettings | MeanStdSettings | WassersteinSettings
+# The loss/style group's names (``loss/style=NAME``) and their settings.
+STYLE_STATISTICS: dict[str, type[StatisticSettings]] = {
+    settings.name: settings for settings in (GramSettings, MeanStdSettings, WassersteinSettings)}
 
 
 @dataclass(frozen=True)
@@ -27,6 +80,7 @@ class LossWeights:
     content_layers: Mapping[str, float]
     style_layers: Mapping[str, float]
     temporal: float = 0.0
+    statistic: StatisticSettings = GramSettings()  # what the style term compares
 
     @property
     def layers(self) -> list[str]:
@@ -50,9 +104,12 @@ class LossSettings:
     def check(self, prefix: str = "") -> None:
         self.weights(prefix)
 
-    def weights(self, prefix: str = "") -> LossWeights:
-        """The weights the engine uses, every layer list's weights normalised; raises
-        :class:`ConfigError` naming the key (under ``prefix``) of a bad value."""
+    def weights(self, prefix: str = "",
+                statistic: StatisticSettings = GramSettings()) -> LossWeights:
+        """The weights the engine uses, every layer list's weights normalised, comparing
+        ``statistic``; raises :class:`ConfigError` naming the key (under ``prefix``) of a
+        bad value."""
+        statistic.check(f"{prefix}style.")
         for name in ("content_weight", "style_weight", "tv_weight"):
             check_non_negative(f"{prefix}{name}", getattr(self, name))
         content = layer_weights(f"{prefix}content_layers", self.content_layers,
@@ -60,7 +117,8 @@ class LossSettings:
         check_positive(f"{prefix}style_layer_exponent", self.style_layer_exponent)
         style = layer_weights(f"{prefix}style_layers", self.style_layers,
                               self.style_layer_weights, self.style_layer_exponent)
-        return LossWeights(self.content_weight, self.style_weight, self.tv_weight, content, style)
+        return LossWeights(self.content_weight, self.style_weight, self.tv_weight, content, style,
+                           statistic=statistic)
 
 
 def normalised(key: str, values: Sequence[float]) -> tuple[float, ...]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from style_exp.spec.loss import LossWeights
+from style_exp.spec.masks import MaskSpec
 from style_exp.spec.search import NO_SEARCH, SearchSettings
 from style_exp.spec.settings import (
     ClipSettings,
@@ -43,6 +44,7 @@ class Inputs:
     blend: tuple[float, ...]  # one weight per painting, summing to 1
     demo_styles: int  # how many demo paintings, when there are no files
     clip: ClipSettings | None = None  # set when ``content`` is a video or a frames folder
+    masks: MaskSpec | None = None  # spatial control; then ``styles`` holds every region's
 
     @property
     def demo(self) -> bool:
@@ -99,6 +101,8 @@ class RunSpec:
         if self.inputs.content is not None:
             files["content"] = self.inputs.content
             files.update({f"style_{i}": path for i, path in enumerate(self.inputs.styles)})
+        if self.inputs.masks is not None:
+            files["masks"] = self.inputs.masks.content
         if self.init.kind == "image" and self.init.path:
             files["init"] = self.init.path
         return files

@@ -1,0 +1,103 @@
+"""Spatial control (Gatys et al. 2017): a label image's colours as regions, each with its
+own styles, and the regions' masks on every layer's grid.
+
+A label image has one colour per region. Each pixel belongs to the region whose
+colour is nearest, within ``COLOR_TOLERANCE`` (anti-aliased or JPEG-compressed labels
+still work); a pixel near none of the listed colours belongs to no region and, like a
+region of weight 0, keeps the photo. ``feather`` (px) blurs the regions' edges; each
+layer's mask then averages the pixels under each of its positions, exactly as VGG-19's
+2x2 "SAME" poolings group them, so edges are soft on the coarse layers anyway.
+
+No TensorFlow here: the preflight reads labels before TensorFlow loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from style_exp.engine.images import load_image
+from style_exp.spec.errors import UserError
+from style_exp.spec.masks import MaskSpec
+from style_exp.spec.settings import stride
+
+# Largest per-channel difference (0..255) at which a pixel still has a region's colour.
+COLOR_TOLERANCE = 48
+# A region covering fewer pixels than this fraction of the label image is "not present".
+MIN_AREA = 1e-3
+
+
+@dataclass(frozen=True)
+class Region:
+    """One region: its mask at any size (the content's is resized to it), the indices of
+    its styles in the problem's list, their blend weights and the region's weight."""
+
+    mask: np.ndarray  # (H, W) float in [0, 1]
+    styles: tuple[int, ...]
+    blend: tuple[float, ...]
+    weight: float
+
+
+def label_masks(labels: np.ndarray, colors: Sequence[Sequence[int]],
+                feather: float = 0.0) -> list[np.ndarray]:
+    """One (H, W) mask in [0, 1] per colour of an (H, W, 3) label image (0..255)."""
+    palette = np.asarray(colors, np.float32)  # (R, 3)
+    difference = np.abs(labels[:, :, None, :3].astype(np.float32) - palette).max(axis=-1)
+    nearest = difference.argmin(axis=-1)
+    inside = difference.min(axis=-1) <= COLOR_TOLERANCE
+    masks = [((nearest == index) & inside).astype(np.float32) for index in range(len(palette))]
+    if feather > 0:
+        masks = [cv2.GaussianBlur(mask, (0, 0), feather) for mask in masks]
+    return masks
+
+
+def missing_colors(labels: np.ndarray, colors: Sequence[Sequence[int]]) -> list[int]:
+    """The indices of the colours that cover (almost) none of the label image."""
+    return [index for index, mask in enumerate(label_masks(labels, colors))
+            if mask.mean() < MIN_AREA]
+
+
+def check_labels(masks: MaskSpec) -> None:
+    """The label image reads and has every region's colour (before TensorFlow loads)."""
+    if Path(masks.content).is_dir():
+        raise UserError("a folder of label images (one per frame) is not supported: give one "
+                        "label image for the whole clip", "masks.content")
+    labels = load_image(masks.content)
+    colors = [region.color for region in masks.regions]
+    for index in missing_colors(labels, colors):
+        raise UserError(f"colour {list(colors[index])} is not in the label image "
+                        f"{masks.content}", f"masks.regions[{index}].color",
+                        "use the RGB of one of its regions")
+
+
+def load_regions(masks: MaskSpec) -> tuple[Region, ...]:
+    """The regions of a checked :class:`MaskSpec`, their masks at the label image's size."""
+    labels = load_image(masks.content)
+    found = label_masks(labels, [region.color for region in masks.regions], masks.feather)
+    return tuple(Region(mask, region.styles, region.blend, region.weight)
+                 for mask, region in zip(found, masks.regions, strict=True))
+
+
+def layer_masks(mask: np.ndarray, size: tuple[int, int],
+                layers: Sequence[str]) -> dict[str, np.ndarray]:
+    """The mask resized to ``size`` (H, W) and averaged onto each layer's positions."""
+    height, width = size
+    if mask.shape != (height, width):
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA)
+    by_stride = {1: mask.astype(np.float32)}
+    for _ in range(max(stride(layer) for layer in layers).bit_length() - 1):
+        by_stride[2 * max(by_stride)] = _halved(by_stride[max(by_stride)])
+    return {layer: by_stride[stride(layer)] for layer in layers}
+
+
+def _halved(mask: np.ndarray) -> np.ndarray:
+    """2x2 average pooling with "SAME" padding: a partial window averages its pixels."""
+    height, width = mask.shape
+    padded = np.full((height + height % 2, width + width % 2), np.nan, np.float32)
+    padded[:height, :width] = mask
+    windows = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2)
+    return np.nanmean(windows, axis=(1, 3)).astype(np.float32)
