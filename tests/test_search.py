@@ -20,6 +20,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from style_exp.app import compare
+from style_exp.app.pareto import non_dominated
 from style_exp.app.search import distribution, search_space, trial_overrides
 from style_exp.app.study import STORAGE_FILE, study_storage
 from style_exp.spec.settings import ConfigError
@@ -136,7 +138,21 @@ def test_failed_trials_are_failed_and_repeats_tell_their_mean(tmp_path):
     assert "Study search-" in done.stdout and "3 trials, 2 complete, 1 fail" in done.stdout
     best = study.best_trial.number
     for run in runs[best]:
-        assert f"reproduce  python -m style_exp.reproduce {run.info.run_id}" in done.stdout
+        assert f"reproduce  python -m style_exp.reproduce {run.info.run_id} --tracking-uri " \
+               f"{uri}" in done.stdout
+    # compare --study: the trials' runs (not the study's own run), with the Pareto front
+    command = f"compare    python -m style_exp.compare --study {study.study_name} " \
+              f"--tracking-uri {uri}"
+    assert command in done.stdout
+    assert compare.main([*command.split()[4:], "--out", str(tmp_path / "cmp")]) == 0
+    rows = (tmp_path / "cmp" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and (tmp_path / "cmp" / "pareto.png").is_file()
+
+
+def test_the_pareto_front_is_the_runs_no_other_beats_on_both_distances():
+    points = [(0.9, 0.3), (0.95, 0.28), (0.96, 0.29), (0.9, 0.3), (0.8, 0.5), (0.85, 0.5)]
+    # a tie stays on the front; beaten on one axis and equal on the other is dominated
+    assert non_dominated(points) == [True, True, False, True, True, False]
 
 
 def _killed_while_a_trial_runs(command: list[str], cwd: Path, uri: str) -> None:

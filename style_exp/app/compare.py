@@ -1,10 +1,12 @@
 """Side-by-side comparison of a sweep (or a whole experiment), from the MLflow store alone.
 
-    python -m style_exp.compare [--sweep ID] [--experiment NAME] [--tracking-uri URI] [--out DIR]
+    python -m style_exp.compare [--sweep ID | --study NAME] [--experiment NAME]
+                                [--tracking-uri URI] [--out DIR]
 
 Writes a labelled contact sheet (the inputs on top, then the final images laid out by
 the swept parameters like the seed's Figures 2 and 3, each with its quality distances),
-the content-vs-style trade-off (each run a labelled point), the loss curves overlaid,
+the content-vs-style trade-off (each run a labelled point), the Pareto front (dominated
+runs greyed, each front run's image; ``pareto.py``), the loss curves overlaid,
 and a table of run names, swept values, distances, final losses and timings (Markdown
 and CSV); logs them to MLflow as a run tagged ``style_exp.kind=compare``. Every run gets
 a cell; a run that cannot be shown is named, with the reason.
@@ -26,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image, ImageDraw, ImageFont
 
 from style_exp.app.labels import SEPARATOR, swept_text
+from style_exp.app.pareto import pareto_plot
 from style_exp.app.schema import TrackingConfig, default_tracking_uri
 from style_exp.app.sweeps import swept_values
 from style_exp.app.tables import write_tables
@@ -67,21 +70,26 @@ class Entry:
                 if key.startswith("quality/")}
 
 
-def select_runs(client: MlflowClient, experiment: str, sweep: str | None) -> list[Run]:
-    """Finished stylisation runs of the experiment (and sweep), oldest first."""
+def select_runs(client: MlflowClient, experiment: str, sweep: str | None,
+                study: str | None = None) -> list[Run]:
+    """Finished stylisation runs of the experiment (and sweep, or search study), oldest
+    first."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise CompareError(f"no experiment named {experiment!r} in this tracking store")
     query = "attributes.status = 'FINISHED'"
     if sweep:
         query += f" and tags.sweep_id = '{sweep}'"
+    if study:
+        query += f" and tags.`style_exp.study` = '{study}'"
     runs = [run for run in client.search_runs([found.experiment_id], query,
                                               order_by=["attributes.start_time ASC"],
                                               max_results=5000)
-            if run.data.tags.get("style_exp.kind") != "compare"]
+            if run.data.tags.get("style_exp.kind") not in ("compare", "study")]
     if not runs:
         raise CompareError(f"no finished runs in experiment {experiment!r}"
-                           + (f" with sweep_id {sweep!r}" if sweep else ""))
+                           + (f" with sweep_id {sweep!r}" if sweep else "")
+                           + (f" in study {study!r}" if study else ""))
     return runs
 
 
@@ -331,10 +339,10 @@ def summary_rows(entries: list[Entry]) -> list[dict[str, object]]:
 
 
 def compare(experiment: str, sweep: str | None, tracking_uri: str,
-            out: Path) -> tuple[list[Path], list[str]]:
+            out: Path, study: str | None = None) -> tuple[list[Path], list[str]]:
     """Build and log the comparison; returns the files written and the runs left out."""
     client = MlflowClient(tracking_uri)
-    runs = select_runs(client, experiment, sweep)
+    runs = select_runs(client, experiment, sweep, study)
     keys = swept_parameters(runs)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as workdir:
@@ -347,16 +355,19 @@ def compare(experiment: str, sweep: str | None, tracking_uri: str,
     unmeasured = [f"{e.name} ({e.run.info.run_id}): no quality figures, not on the trade-off plot"
                   for e in entries if not e.quality]
     left_out += unmeasured
+    front = pareto_plot(entries, out / "pareto.png")
     files = [sheet_path, tradeoff_plot(entries, keys, out / "tradeoff.png"),
-             loss_curves(client, entries, out / "loss_curves.png"),
+             *([front] if front else []), loss_curves(client, entries, out / "loss_curves.png"),
              *write_tables(summary_rows(entries), out / "summary",
                            preamble=_preamble(entries, left_out))]
     # Through the client, not MLflow's fluent API: that would set the process-wide tracking
     # URI (and MLFLOW_TRACKING_URI, which child processes inherit) to this store.
     tags = {"style_exp.kind": "compare", "swept": ",".join(keys),
-            **({"compared_sweep_id": sweep} if sweep else {})}
+            **({"compared_sweep_id": sweep} if sweep else {}),
+            **({"compared_study": study} if study else {})}
     run = client.create_run(client.get_experiment_by_name(experiment).experiment_id,
-                            run_name=f"compare{SEPARATOR}{sweep or experiment}", tags=tags)
+                            run_name=f"compare{SEPARATOR}{sweep or study or experiment}",
+                            tags=tags)
     try:
         client.log_param(run.info.run_id, "runs", len(entries))
         for path in files:
@@ -382,13 +393,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default=TrackingConfig.experiment)
     parser.add_argument("--sweep", help="a sweep_id tag value (default: the whole experiment)")
+    parser.add_argument("--study", help="a search's study (its trials across its sweeps)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    out = args.out or Path("runs/compare") / (args.sweep or args.experiment)
+    out = args.out or Path("runs/compare") / (args.sweep or args.study or args.experiment)
     try:
         files, left_out = compare(args.experiment, args.sweep,
-                                  args.tracking_uri or default_tracking_uri(), out)
+                                  args.tracking_uri or default_tracking_uri(), out, args.study)
     except CompareError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

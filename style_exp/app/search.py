@@ -35,7 +35,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from style_exp.app.parse import without_credentials
-from style_exp.app.schema import default_tracking_uri, settings_from
+from style_exp.app.schema import TrackingConfig, default_tracking_uri, settings_from
 from style_exp.app.sweeps import JobOutcome, command_digest
 from style_exp.spec.search import SearchSettings
 from style_exp.spec.settings import ConfigError, check_choice
@@ -152,7 +152,8 @@ class SearchSweeper(Sweeper):
         from mlflow.tracking import MlflowClient
 
         MlflowClient(uri).set_terminated(run_id)
-        print(search_summary(study, s.objectives, runs, uri), flush=True)
+        print(search_summary(study, s.objectives, runs, self.config.tracking.uri, experiment),
+              flush=True)
         return returns
 
     def _study(self, studies: Any, search: SearchSettings, uri: str, name: str,
@@ -247,7 +248,7 @@ class SearchSweeper(Sweeper):
 
 
 def search_summary(study: Any, objectives: Sequence[str], runs: dict[int, list[Any]],
-                   uri: str) -> str:
+                   given_uri: str | None, experiment: str) -> str:
     """The study's counts, and each best trial: its values, params, runs and the command
     that reproduces each run."""
     from style_exp.app.study import best_trials
@@ -258,7 +259,7 @@ def search_summary(study: Any, objectives: Sequence[str], runs: dict[int, list[A
         if states.count(state))]
     best = best_trials(study)
     lines.append("  best trial:" if len(best) == 1 else f"  Pareto front ({len(best)} trials):")
-    option = "" if uri == default_tracking_uri() else f" --tracking-uri {uri}"
+    option = f" --tracking-uri {given_uri}" if given_uri else ""
     for trial in best:
         values = "  ".join(f"{name.split('/')[-1]}={value:.4g}"
                            for name, value in zip(objectives, trial.values, strict=True))
@@ -267,4 +268,7 @@ def search_summary(study: Any, objectives: Sequence[str], runs: dict[int, list[A
         for run in runs.get(trial.number, []):
             lines.append(f"      reproduce  python -m style_exp.reproduce {run.info.run_id}"
                          f"{option}")
+    named = "" if experiment == TrackingConfig.experiment else f" --experiment {experiment}"
+    lines.append(f"  compare    python -m style_exp.compare --study {study.study_name}{named}"
+                 f"{option}")
     return "\n".join(lines)
