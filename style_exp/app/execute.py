@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import yaml
 
 from style_exp.app.console import ProgressBar, run_summary
 from style_exp.app.job import Job, prepare
 from style_exp.app.labels import quality_text, run_name, run_note
+from style_exp.app.outbox import QUEUE_DIR, unless_unreachable
 from style_exp.app.parse import overridden_keys
 from style_exp.app.preflight import Plan
 from style_exp.app.resources import configure_threads
@@ -32,6 +32,7 @@ from style_exp.app.tracking import (
     PROGRESS_IMAGES,
     RUN_KEY_TAG,
     MetricsLogger,
+    active,
     dashboard_url,
     environment_tags,
     library_versions,
@@ -80,27 +81,29 @@ def execute(plan: Plan, output_dir: Path, provenance: Provenance,
     tags = {**configure_threads(spec.threads), **provenance.tags, RUN_KEY_TAG: plan.key}
     name = run_name(spec.inputs, swept_values(tags))
     with tracked_run(uri, spec.tracking.experiment, run_name=name,
-                     tags={**environment_tags(), **liveness_tags(), **tags}) as active:
-        reap(uri)  # runs of this store whose process died are marked FAILED
-        log.info("Run '%s' (MLflow run %s) writes to %s", name, active.info.run_id, output_dir)
-        mlflow.log_params(run_params(spec.record, overridden_keys(provenance.overrides)))
-        mlflow.log_text(yaml.safe_dump(dict(spec.record), sort_keys=False, allow_unicode=True),
-                        "config.yaml")
-        mlflow.log_text("\n".join(provenance.overrides) + "\n", "overrides.txt")
+                     tags={**environment_tags(), **liveness_tags(), **tags},
+                     queue=output_dir / QUEUE_DIR,
+                     outage_wait_s=60 * spec.tracking.outage_wait_min) as run:
+        with unless_unreachable():
+            reap(uri)  # runs of this store whose process died are marked FAILED
+        log.info("Run '%s' (MLflow run %s) writes to %s", name, run.info.run_id, output_dir)
+        run.log_params(run_params(spec.record, overridden_keys(provenance.overrides)))
+        run.log_text(yaml.safe_dump(dict(spec.record), sort_keys=False, allow_unicode=True),
+                     "config.yaml")
+        run.log_text("\n".join(provenance.overrides) + "\n", "overrides.txt")
         if plan.retried:
-            mlflow.set_tag("memory.retry", plan.retried)
+            run.set_tag("memory.retry", plan.retried)
         job = prepare(plan)
         # What precision=auto chose: a param to compare runs by, a tag to filter them by.
-        mlflow.log_param("compute_precision", job.precision)
-        mlflow.set_tag("compute_precision", job.precision)
+        run.log_param("compute_precision", job.precision)
+        run.set_tag("compute_precision", job.precision)
         reproduction_record(job, provenance.overrides, hashes)
         _log_inputs(job, output_dir)
         if job.clip is not None:
             outcome = run_clip(job, output_dir, hashes)
         else:
-            outcome = _run_still(job, output_dir, MetricsLogger(active.info.run_id, uri), started,
-                                 on_checkpoint)
-    info = active.info
+            outcome = _run_still(job, output_dir, MetricsLogger(run), started, on_checkpoint)
+    info = run.info
     quality = quality_text(outcome.metrics) if isinstance(outcome, Result) else ""
     log.info(run_summary(name, info.run_id, output_path(output_dir), quality,
                          dashboard_url(uri, info.experiment_id, info.run_id), ui_command(uri)))
@@ -115,7 +118,7 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
     first_step: list[float] = []
     start = job.output_image(job.init)
     log_image(start, PROGRESS_IMAGES, 0)
-    mlflow.log_metrics(job.quality(start), step=0)
+    active().log_metrics(job.quality(start), step=0)
 
     def report(progress: Progress) -> str | None:
         if not first_step:
@@ -135,15 +138,15 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
     @stopping.deferred()
     def conclude(result: Result) -> Result:
         """The result as output (colours restored), measured, written and described."""
-        mlflow.set_tag("stop_reason", result.stop_reason)
+        active().set_tag("stop_reason", result.stop_reason)
         image = job.output_image(result.image)
         quality = job.quality(image)
-        mlflow.log_metrics(quality, step=result.steps)
+        active().log_metrics(quality, step=result.steps)
         log_image(image, OUTPUT_IMAGES, 0)
         seconds = _write_result(dataclasses.replace(result, image=image), output_dir, started,
                           first_step)
-        mlflow.set_tag(NOTE_TAG, run_note(spec, image.shape[1::-1], result.steps, quality,
-                                          seconds))
+        active().set_tag(NOTE_TAG, run_note(spec, image.shape[1::-1], result.steps, quality,
+                                            seconds))
         return dataclasses.replace(result, metrics={**result.metrics, **quality,
                                                     "time/total_s": seconds})
 
@@ -163,8 +166,8 @@ def _log_inputs(job: Job, output_dir: Path) -> None:
     for label, image in zip(job.inputs.labels, [job.inputs.content, *job.inputs.styles],
                             strict=True):
         thumbnail = save_image(_thumbnail(image), output_dir / "inputs" / f"{label}.jpg")
-        mlflow.log_artifact(str(thumbnail), "inputs")
-    mlflow.set_tag("weights_sha256", job.weights_sha256)
+        active().log_artifact(str(thumbnail), "inputs")
+    active().set_tag("weights_sha256", job.weights_sha256)
 
 
 def reproduction_record(job: Job, overrides: tuple[str, ...],
@@ -176,8 +179,8 @@ def reproduction_record(job: Job, overrides: tuple[str, ...],
     """
     files = job.spec.files()
     versions = library_versions()
-    mlflow.set_tags({f"input_sha256.{name}": digest for name, digest in hashes.items()})
-    mlflow.set_tags({f"version.{name}": value for name, value in versions.items()})
+    active().set_tags({f"input_sha256.{name}": digest for name, digest in hashes.items()})
+    active().set_tags({f"version.{name}": value for name, value in versions.items()})
     record = {
         "overrides": list(overrides),
         "inputs": {name: {"path": str(Path(files[name]).resolve()), "sha256": digest}
@@ -188,7 +191,7 @@ def reproduction_record(job: Job, overrides: tuple[str, ...],
         "compute_precision": job.precision,  # what precision=auto chose on this machine
         "weights_sha256": job.weights_sha256,
     }
-    mlflow.log_dict(record, "reproduce.json")
+    active().log_dict(record, "reproduce.json")
     return record
 
 
@@ -196,18 +199,18 @@ def _write_result(result: Result, output_dir: Path, started: float,
                   first_step: list[float]) -> float:
     """Write and log the final image, the loss curve and the timings; the run's seconds."""
     output = save_image(result.image, output_dir / "output.png")
-    mlflow.log_artifact(str(output))
+    active().log_artifact(str(output))
     if result.history:
-        mlflow.log_artifact(str(plot_losses(result.history, output_dir / "loss_curve.png")))
+        active().log_artifact(str(plot_losses(result.history, output_dir / "loss_curve.png")))
     hydra_dir = output_dir / ".hydra"
     if hydra_dir.is_dir():
-        mlflow.log_artifacts(str(hydra_dir), "hydra")
+        active().log_artifacts(str(hydra_dir), "hydra")
     timings = {"time/total_s": time.perf_counter() - started, "time/steps": result.steps}
     if first_step:
         timings["time/setup_s"] = first_step[0]
     if np.isfinite(result.ms_per_iteration):
         timings["time/per_iteration_ms"] = result.ms_per_iteration
-    mlflow.log_metrics(timings)
+    active().log_metrics(timings)
     return timings["time/total_s"]
 
 

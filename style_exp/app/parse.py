@@ -62,6 +62,7 @@ def parse(cfg: DictConfig, overrides: Iterable[str] = ()) -> RunSpec:
     for key in ("size", "iterations", "style_scale", "tracking.log_every"):
         check_positive(key, _lookup(config, key))
     check_non_negative("tracking.checkpoint_every", config["tracking"]["checkpoint_every"])
+    check_non_negative("tracking.outage_wait_min", config["tracking"]["outage_wait_min"])
     loss = settings_from(config["loss"], LossSettings).weights(
         "loss.", named_settings(config["loss"]["style"], STYLE_STATISTICS, "loss.style."))
     model = _settings(config, "model", ModelSettings)
@@ -102,7 +103,7 @@ def parse(cfg: DictConfig, overrides: Iterable[str] = ()) -> RunSpec:
         precision=config["precision"], tiles=tiles, seed=config["seed"],
         determinism=config["determinism"], threads=threads, progress=config["progress"],
         tracking=Tracking(without_credentials(tracking["uri"]) or default_tracking_uri(),
-                          tracking["experiment"]),
+                          tracking["experiment"], tracking["outage_wait_min"]),
         resume=resume is not False, retry_with_tiles=config["memory"]["retry"] == "tiles",
         search=_settings(config, "search", SearchSettings), record=config)
 

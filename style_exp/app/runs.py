@@ -8,6 +8,12 @@ when the heartbeat is older than ``stale_after_s``. Each new run reaps its store
 and so does the command:
 
     python -m style_exp.runs reap [--tracking-uri URI] [--stale-after-min 60]
+
+A run whose tracking server stopped answering queues its records in its directory and
+keeps its process (so this host does not reap it) until they are sent or it gives up;
+``sync`` sends what it left (``outbox.py``), ending the run as it ended:
+
+    python -m style_exp.runs sync RUN_DIR
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from pathlib import Path
 from mlflow.entities import Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from style_exp.app.outbox import sync
 from style_exp.app.schema import default_tracking_uri
+from style_exp.spec.errors import Reported
 
 HOST, PID, HEARTBEAT = "style_exp.host", "style_exp.pid", "style_exp.heartbeat"
 STALE_AFTER_S = 3600.0  # a run elsewhere silent this long is taken for dead
@@ -111,19 +119,36 @@ def _process_start_time(pid: int) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m style_exp.runs",
-                                     description="Mark runs whose process is gone FAILED.")
+    parser = argparse.ArgumentParser(
+        prog="python -m style_exp.runs",
+        description="Mark runs whose process is gone FAILED; send a run's queued records.")
     commands = parser.add_subparsers(dest="command", required=True)
     reap_command = commands.add_parser("reap", help="end dead RUNNING runs as FAILED")
     reap_command.add_argument("--tracking-uri", default=None,
                               help="default: sqlite:///<cwd>/runs/mlflow.db")
     reap_command.add_argument("--stale-after-min", type=float, default=STALE_AFTER_S / 60,
                               help="runs on other hosts silent this long count as dead")
+    sync_command = commands.add_parser(
+        "sync", help="send the records a run queued while its tracking server was away")
+    sync_command.add_argument("run_dir", type=Path, help="the run's directory (its output)")
     args = parser.parse_args(argv)
+    if args.command == "sync":
+        return _sync(args.run_dir)
     reaped = reap(args.tracking_uri or default_tracking_uri(), 60 * args.stale_after_min)
     for run in reaped:
         print(f"{run.run_id} FAILED: {run.reason}")
     print(f"{len(reaped)} run(s) marked FAILED")
+    return 0
+
+
+def _sync(run_dir: Path) -> int:
+    """``sync``: what it sent in one line, or why it could not (exit 2: no queue there,
+    1: the store did not answer; run it again later)."""
+    try:
+        print(sync(run_dir))
+    except Reported as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
     return 0
 
 

@@ -22,6 +22,7 @@ from omegaconf import MISSING, ListConfig, OmegaConf
 
 from style_exp.spec.loss import STYLE_STATISTICS, LossSettings
 from style_exp.spec.masks import MaskSpec
+from style_exp.spec.runspec import Tracking
 from style_exp.spec.search import SearchSettings
 from style_exp.spec.settings import (
     OPTIMIZERS,
@@ -109,6 +110,7 @@ class TrackingConfig:
     experiment: str = "style_exp"
     log_every: int = LoopSettings.log_every
     checkpoint_every: int = 100  # 0 = no intermediate images
+    outage_wait_min: float = Tracking.outage_wait_min  # a server away at the run's end
 
 
 @dataclass

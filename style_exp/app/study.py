@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from style_exp.app.runs import liveness_tags
-from style_exp.app.tracking import experiment_id
+from style_exp.app.tracking import active, experiment_id
 from style_exp.spec.search import SearchSettings
 from style_exp.spec.settings import ConfigError
 
@@ -133,7 +132,7 @@ class TrialJudge:
                 return None
         self.pruned = (f"pruned: {self.metric}={value:.4g} at step {step} "
                        f"({type(self.study.pruner).__name__})")
-        mlflow.set_tags({PRUNED_TAG: "true", "stop_reason": self.pruned})
+        active().set_tags({PRUNED_TAG: "true", "stop_reason": self.pruned})
         return self.pruned
 
 

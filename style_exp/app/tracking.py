@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import platform
 import subprocess
-import time
+import sys
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -15,23 +15,26 @@ from urllib.parse import quote
 import mlflow
 import numpy as np
 from filelock import FileLock
-from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 
+from style_exp.app.outbox import Outbox
 from style_exp.app.parse import NO_EFFECT_KEYS
 from style_exp.app.runs import heartbeat
 from style_exp.app.sweeps import SWEEP_COMMAND_TAG
 from style_exp.engine import stopping
 from style_exp.engine.images import to_uint8
 from style_exp.engine.progress import Progress
+from style_exp.spec.errors import RunFailure
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # MLflow's UI opens an experiment of this kind on its runs, not on the GenAI overview.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # MLflow 3.17's UI decides by this URL parameter (or the toggle it remembers) instead.
 TRAINING_VIEW = "workflowType=machine_learning"
+STOP_WAIT_S = 10.0  # a stopped run waits at most this long for its queued records
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 RUN_KEY_TAG = "run_key"  # parse.config_key: runs with equal keys make the same result
@@ -154,7 +157,7 @@ def ui_command(tracking_uri: str) -> str | None:
 
 def log_image(image: np.ndarray, key: str, step: int) -> None:
     """One image of an image series (the UI's image grid shows a key, step by step)."""
-    mlflow.log_image(to_uint8(image), key=key, step=step, synchronous=True)
+    active().log_image(to_uint8(image), key, step)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -193,43 +196,68 @@ def _git(args: list[str]) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
+_active: list[Outbox] = []  # the tracked run of this process, while it runs
+
+
+def active() -> Outbox:
+    """The running tracked run's records (MLflow's fluent calls, queued while a server is away)."""
+    return _active[-1]
+
+
 @contextlib.contextmanager
 def tracked_run(tracking_uri: str, experiment: str, run_name: str | None = None,
-                tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that ends FINISHED, FAILED (with the error recorded) or KILLED."""
+                tags: Mapping[str, str] | None = None, queue: Path | None = None,
+                outage_wait_s: float = 0.0) -> Iterator[Outbox]:
+    """An MLflow run that ends FINISHED, FAILED (with the error recorded) or KILLED.
+
+    A server that stops answering meanwhile does not end it: its records wait in
+    ``queue`` (``outbox.py``), and its end waits up to ``outage_wait_s`` for them to
+    reach the server (a stopped run: ``STOP_WAIT_S``). What is still queued then is
+    named in one line, with the command that sends it: a run that finished then ends
+    with that error (exit code 1), a stopped or failed one with its own.
+    """
     mlflow.set_tracking_uri(tracking_uri)
-    run = mlflow.start_run(experiment_id=experiment_id(tracking_uri, experiment),
-                           run_name=run_name, tags=dict(tags or {}))
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(experiment_id(tracking_uri, experiment), run_name=run_name,
+                            tags=resolve_tags(dict(tags or {})))
+    remote = tracking_uri.startswith(("http://", "https://"))
+    outbox = Outbox(client, run.info, queue if remote else None, heartbeat)
+    _active.append(outbox)
     try:
-        yield run
+        yield outbox
     except BaseException as error:
         if stopping.as_stop(error) is not None:
-            mlflow.set_tag("outcome", "interrupted")
-            mlflow.end_run(status="KILLED")
+            outbox.set_tag("outcome", "interrupted")
+            _end(outbox, "KILLED", min(outage_wait_s, STOP_WAIT_S))
             raise
         message = f"{type(error).__name__}: {error}"
-        mlflow.set_tag("error", message[:5000])
+        outbox.set_tag("error", message[:5000])
         with contextlib.suppress(Exception):
-            mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
-        mlflow.end_run(status="FAILED")
+            outbox.log_text("".join(traceback.format_exception(error)), "error.txt")
+        _end(outbox, "FAILED", outage_wait_s)
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        if outbox.end("FINISHED", outage_wait_s):
+            raise RunFailure(outbox.undelivered_line(), tracking_uri)
+    finally:
+        _active.remove(outbox)
+
+
+def _end(outbox: Outbox, status: str, wait_s: float) -> None:
+    """End a stopped or failed run; say where its records are if the store has not all."""
+    if outbox.end(status, wait_s):
+        print(f"error: {outbox.undelivered_line()}", file=sys.stderr, flush=True)
 
 
 class MetricsLogger:
-    """Loop callback: sends each logged step's metrics, and checkpoint images, to MLflow."""
+    """Loop callback: records each logged step's metrics, and checkpoint images."""
 
-    def __init__(self, run_id: str, tracking_uri: str):
-        self.run_id = run_id
-        self.client = MlflowClient(tracking_uri)
+    def __init__(self, outbox: Outbox):
+        self.outbox = outbox
 
     def __call__(self, progress: Progress) -> None:
-        timestamp = int(1000 * time.time())
-        metrics = [Metric(key, value, timestamp, progress.step)
-                   for key, value in progress.metrics.items() if np.isfinite(value)]
-        self.client.log_batch(self.run_id, metrics=metrics, tags=[heartbeat()],
-                              synchronous=True)
+        self.outbox.log_metrics({key: value for key, value in progress.metrics.items()
+                                 if np.isfinite(value)}, progress.step, alive=True)
         if progress.image is not None:
             log_image(progress.image, PROGRESS_IMAGES, progress.step)
 

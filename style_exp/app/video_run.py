@@ -12,13 +12,12 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-import mlflow
 from mlflow.tracking import MlflowClient
 
 from style_exp.app.console import ProgressBar
 from style_exp.app.job import Job
 from style_exp.app.parse import config_key
-from style_exp.app.tracking import MetricsLogger
+from style_exp.app.tracking import MetricsLogger, active
 from style_exp.engine import stopping
 from style_exp.engine.images import save_image
 from style_exp.engine.progress import Progress
@@ -62,21 +61,21 @@ def _download_frames(client: MlflowClient, run_id: str, directory: Path) -> Fram
 
 def run_clip(job: Job, output_dir: Path, input_hashes: dict[str, str]) -> list[Frame]:
     """Stylise the job's clip in the active MLflow run; write the video once every frame exists."""
-    spec, run = job.spec, mlflow.active_run()
+    spec, run = job.spec, active()
     tracking_uri = spec.tracking.uri
     key = config_key(spec.record, input_hashes, NOT_IN_VIDEO_KEY)
     store = FrameStore(output_dir)
-    mlflow.set_tags({"style_exp.kind": "video", "video.key": key,
-                     "video.store": str(output_dir.resolve())})
+    run.set_tags({"style_exp.kind": "video", "video.key": key,
+                  "video.store": str(output_dir.resolve())})
     if spec.inputs.clip.resume:
         with tempfile.TemporaryDirectory() as download_dir:
             earlier = earlier_frames(tracking_uri, run.info.experiment_id, key,
                                      run.info.run_id, Path(download_dir))
             if earlier is not None:
                 reused = store.copy_from(earlier[1])
-                mlflow.set_tags({"video.resumed_from": earlier[0], "video.reused_frames": reused})
+                run.set_tags({"video.resumed_from": earlier[0], "video.reused_frames": reused})
 
-    logger = MetricsLogger(run.info.run_id, tracking_uri)
+    logger = MetricsLogger(run)
     bar = ProgressBar(job.clip.count, spec.progress, unit="frame")
 
     @stopping.deferred()  # a stop waits for the frame's writes to the store
@@ -84,7 +83,7 @@ def run_clip(job: Job, output_dir: Path, input_hashes: dict[str, str]) -> list[F
         progress = Progress(frame.index, job.clip.count, frame.metrics)
         logger(progress)
         for path in store.files(frame.index):  # resumable from any machine
-            logger.client.log_artifact(run.info.run_id, str(path), path.parent.name)
+            run.log_artifact(str(path), path.parent.name)
         bar(dataclasses.replace(progress, step=frame.index + 1))
 
     try:
@@ -92,7 +91,7 @@ def run_clip(job: Job, output_dir: Path, input_hashes: dict[str, str]) -> list[F
                                spec.iterations, on_frame)
     finally:
         bar.close()
-    mlflow.log_metrics(clip_summary(frames))
+    run.log_metrics(clip_summary(frames))
     _write_outputs(frames, store, job.clip, output_dir)
     return frames
 
@@ -104,4 +103,4 @@ def _write_outputs(frames: list[Frame], store: FrameStore, clip: Clip, output_di
     preview = write_preview(store.images(len(frames)), output_dir / "preview.gif", clip.fps)
     poster = save_image(frames[-1].image, output_dir / "output.png")
     for path in (video, preview, poster):
-        mlflow.log_artifact(str(path))
+        active().log_artifact(str(path))

@@ -57,6 +57,9 @@ class Tracking:
 
     uri: str
     experiment: str
+    # How long a finished run waits for a tracking server that stopped answering to take
+    # its queued records (app/outbox.py) before it names them and the command that sends them.
+    outage_wait_min: float = 10.0
 
 
 @dataclass(frozen=True)
