@@ -170,3 +170,43 @@ def test_sync_of_a_reaped_run_ends_it_as_it_ended(store, tmp_path, capsys):
 def test_sync_says_in_one_line_when_there_is_nothing_to_sync(tmp_path, capsys):
     assert runs.main(["sync", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: no tracking queue here")
+
+
+def test_a_stop_while_waiting_for_the_store_says_where_the_records_are(store, tmp_path,
+                                                                        monkeypatch, capsys):
+    _, switch, box = store
+    switch.down = True
+    record_a_run(box, tmp_path, range(0, 1))
+
+    def stopped(timeout: float) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(box._drained, "wait", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        box.end("FINISHED", wait_s=600)
+    assert capsys.readouterr().err.splitlines()[-1] == box.undelivered_line()
+
+
+def test_a_sweep_whose_server_is_still_away_gets_its_summary_and_exit_code(tmp_path,
+                                                                          monkeypatch,
+                                                                          capsys):
+    """Its jobs gave up waiting (each said what to sync): the summary still lists them and
+    the sweep exits with their code, instead of Hydra's warning that the callback failed."""
+    from omegaconf import OmegaConf
+
+    from style_exp.app.callbacks import SweepSummary
+    from style_exp.app.sweeps import SWEEP_ENV, JobOutcome
+    from style_exp.cluster.server import LOOPBACK, free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv(SWEEP_ENV, raising=False)
+    uri = f"http://{LOOPBACK}:{free_port(LOOPBACK)}"  # nothing listens there
+    JobOutcome(0, ("seed=0",), "failed", 1, "the tracking store did not answer: ...").write(
+        tmp_path / "0")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}},
+                               "tracking": {"uri": uri, "experiment": "e"}})
+    with pytest.raises(SystemExit) as ended:
+        SweepSummary().on_multirun_end(config)
+    assert ended.value.code == 1
+    out = capsys.readouterr().out
+    assert "1 jobs, 1 failed" in out and f"{uri} (did not answer" in out

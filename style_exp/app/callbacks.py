@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from style_exp.app.console import compare_command, sweep_summary
+from style_exp.app.outbox import unless_unreachable
 from style_exp.app.schema import default_tracking_uri
 from style_exp.app.sweeps import (
     OUTCOME_FILE,
@@ -78,13 +79,15 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep = (driver_sweep() or sweep_identity(sweep_dir)).id  # a resumed sweep's id
         uri = config.tracking.uri or default_tracking_uri()
-        experiment = experiment_id(uri, config.tracking.experiment)
         outcomes = job_outcomes(sweep_dir)
+        runs, url = len(outcomes), f"{uri} (did not answer: its runs are incomplete)"
+        with unless_unreachable():  # a server still away: the jobs' own lines say what to sync
+            experiment = experiment_id(uri, config.tracking.experiment)
+            url = dashboard_url(uri, experiment, search=f"tags.sweep_id = '{sweep}'")
+            runs = sweep_run_count(uri, experiment, sweep)
         print(sweep_summary(
-            sweep, sweep_run_count(uri, experiment, sweep),
-            compare_command(sweep, config.tracking.experiment, config.tracking.uri),
-            dashboard_url(uri, experiment, search=f"tags.sweep_id = '{sweep}'"),
-            ui_command(uri), outcomes), flush=True)
+            sweep, runs, compare_command(sweep, config.tracking.experiment, config.tracking.uri),
+            url, ui_command(uri), outcomes), flush=True)
         worst = max((outcome.exit_code for outcome in outcomes), default=0)
         if worst:
             raise SystemExit(worst)  # not an Exception: Hydra passes it on
