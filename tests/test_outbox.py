@@ -210,3 +210,18 @@ def test_a_sweep_whose_server_is_still_away_gets_its_summary_and_exit_code(tmp_p
     assert ended.value.code == 1
     out = capsys.readouterr().out
     assert "1 jobs, 1 failed" in out and f"{uri} (did not answer" in out
+
+
+def test_sync_while_the_store_is_still_away_fails_in_one_line_and_can_run_again(
+        tmp_path, monkeypatch, capsys):
+    from style_exp.cluster.server import LOOPBACK, free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://{LOOPBACK}:{free_port(LOOPBACK)}"  # nothing listens there
+    journal = Journal.create(tmp_path / QUEUE_DIR, {"tracking_uri": uri, "run_id": "0" * 32})
+    journal.append({"op": "batch", "tags": {"stage": "last"}})
+    assert runs.main(["sync", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the tracking store did not answer") and len(err.splitlines()) == 1
+    assert "0 of 1 record(s) sent, run sync again later" in err
+    assert Journal(tmp_path / QUEUE_DIR).replayed == 0

@@ -34,7 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from style_exp.app import batches
 from style_exp.app.parse import parse
-from style_exp.app.schema import default_tracking_uri
+from style_exp.app.schema import MLFLOW_HTTP_DEFAULTS, default_tracking_uri
 from style_exp.app.sweeps import JobOutcome, Skipped, sweep_tags, swept_values
 from style_exp.engine import stopping
 from style_exp.engine.stopping import Terminated
@@ -54,10 +54,6 @@ VERBOSE = "STYLE_EXP_VERBOSE"
 BRIEF = "STYLE_EXP_BRIEF_ERRORS"
 # Each handler is reset after its first signal, so a second one ends the process at once.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# MLflow's own defaults retry a dead server for minutes (247 s measured); a run queues its
-# records after these instead, and goes on (app/outbox.py).
-MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
 TRACKING_MODULES = ("mlflow", "sqlalchemy", "sqlite3", "alembic", "requests", "urllib3")
 USAGE_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException,

@@ -30,7 +30,7 @@ from mlflow.entities import Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from style_exp.app.outbox import sync
-from style_exp.app.schema import default_tracking_uri
+from style_exp.app.schema import MLFLOW_HTTP_DEFAULTS, default_tracking_uri
 from style_exp.spec.errors import Reported
 
 HOST, PID, HEARTBEAT = "style_exp.host", "style_exp.pid", "style_exp.heartbeat"
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 def _sync(run_dir: Path) -> int:
     """``sync``: what it sent in one line, or why it could not (exit 2: no queue there,
     1: the store did not answer; run it again later)."""
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():  # not minutes on a server still away
+        os.environ.setdefault(name, value)
     try:
         print(sync(run_dir))
     except Reported as error:

@@ -234,6 +234,12 @@ def _tupled(value: Any) -> Any:
     return tuple(value) if isinstance(value, (list, ListConfig)) else value
 
 
+# MLflow's own defaults retry a dead server for minutes (247 s measured); a run queues its
+# records after these instead, and goes on (app/outbox.py).
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` (a team server), else a SQLite store in ``runs/`` here."""
     local = f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
