@@ -1,9 +1,13 @@
 """The MLflow dashboard as a reviewer sees it, in a real (headless) Chromium.
 
 A tracking server on a loopback port it binds itself, a 2-job sweep into it, then the
-link the sweep printed opened in Debian's Chromium driven by Playwright: the runs table
-(not the GenAI overview) must show the readable run names, and the final images' grid
-must load an image. Screenshots are kept in the test's tmp dir (paths printed: pytest -s).
+link the sweep printed opened in Debian's Chromium driven by Playwright, with no click:
+the prepared view (app/views.py) must show the readable run names, an image grid with
+one final image per run (and its progress), the content-vs-style scatter with one point
+per run and the loss curves, in that order; its table view the swept key, both
+distances and the time beside a name column wide enough for the names. Should MLflow's
+UI ignore or misread the view's state, these fail. A run's own link must open on its
+image. Screenshots are kept in the test's tmp dir (paths printed: pytest -s).
 Nothing is skipped: without Chromium or Playwright the test fails saying what to install
 (CI installs both).
 """
@@ -100,34 +104,59 @@ def test_dashboard_shows_named_runs_and_their_images(server, tmp_path):
                             f"python -m style_exp.compare --sweep {sweep} --tracking-uri {server}"]
     assert dashboard_line[0] == "dashboard"
     link = dashboard_line[1]
-    assert link.startswith(f"{server}/#/experiments/") and sweep in link
+    assert link.startswith(f"{server}/#/experiments/")
+    assert f"viewStateShareKey=sweep-{sweep}" in link
+    run_links = [line.split()[1] for line in lines if line.startswith("  dashboard  ")][:2]
 
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(30_000)
-        page.goto(link)  # what the sweep printed
-        _close_assistant(page)
+        sync_api.expect.set_options(timeout=30_000)  # not 5 s: the machine may be busy
+        page.goto(link)  # what the sweep printed; nothing is clicked from here on
         for name in NAMES:
             sync_api.expect(page.get_by_text(name, exact=True).first).to_be_visible()
+        cards = page.get_by_test_id("experiment-view-compare-runs-card")
+        # The prepared charts, in order: every run's final image (its progress beside it) ...
+        grid = cards.nth(0)
+        sync_api.expect(grid.get_by_text("Image grid", exact=True)).to_be_visible()
+        outputs = grid.locator("img[src*='images%2Foutput%2Bstep%2B0']")
+        sync_api.expect(outputs).to_have_count(len(NAMES))
+        for image in outputs.element_handles():
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image)
+        sync_api.expect(grid.locator("img[src*='images%2Fprogress%2Bstep%2B0']")).to_have_count(
+            len(NAMES))
+        _screenshot(page, tmp_path / "image_grid.png")
+        # ... then the trade-off: one point per run (scrolled to, as a reviewer would).
+        page.get_by_test_id("experiment-view-compare-runs-chart-area").hover()
+        page.mouse.wheel(0, 700)
+        scatter = cards.nth(1)
+        sync_api.expect(scatter.get_by_text(
+            "quality/content_distance vs. quality/style_distance")).to_be_visible()
+        sync_api.expect(scatter.locator(".scatterlayer .point")).to_have_count(len(NAMES))
+        sync_api.expect(cards.nth(2).get_by_text("loss/total vs", exact=False)).to_be_visible()
+        _screenshot(page, tmp_path / "tradeoff.png")
+
+        # The table view, on a full-HD screen: the table renders only the columns in sight,
+        # and MLflow's assistant panel (opened once by the browser, not by the view) takes
+        # a quarter of the width.
+        page = browser.new_page(viewport={"width": 1920, "height": 900})  # a fresh load
+        page.goto(link.replace("compareRunsMode=CHART", "compareRunsMode=TABLE"))
+        name_column = page.locator("[col-id='attributes.`Run Name`']").first
+        for header in ("sweep.loss.style_weight", "quality/content_distance",
+                       "quality/style_distance", "time/total_s"):
+            sync_api.expect(page.get_by_text(header, exact=True).first).to_be_visible()
+        assert name_column.bounding_box()["width"] >= 7 * max(map(len, NAMES))
         assert page.get_by_text("Token Usage").count() == 0  # not the GenAI overview
         _screenshot(page, tmp_path / "runs_table.png")
 
-        page.goto(f"{link}&compareRunsMode=CHART")
-        page.get_by_placeholder("Search metric charts").fill("output")
-        image = page.locator("img[src*='images%2Foutput%2Bstep%2B0']").first
+        page.goto(run_links[0])  # a run's own link: its page, on its final image
+        image = page.locator("img[src^='blob:']").first  # the artifact's preview
         sync_api.expect(image).to_be_visible()
         page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                                arg=image.element_handle())
-        _screenshot(page, tmp_path / "image_grid.png")
+        _screenshot(page, tmp_path / "run_image.png")
         browser.close()
-
-
-def _close_assistant(page) -> None:
-    """The UI's chat panel takes a third of the screen; the screenshots want the runs."""
-    close = page.get_by_role("button", name="Close")
-    if close.count():
-        close.first.click()
 
 
 def _screenshot(page, path: Path) -> None:

@@ -30,12 +30,12 @@ from style_exp.app.sweeps import (
     sweep_identity,
 )
 from style_exp.app.tracking import (
-    dashboard_url,
     experiment_id,
     latest_sweep,
     sweep_run_count,
     ui_command,
 )
+from style_exp.app.views import sweep_view
 
 
 def _resumed(config: DictConfig, identity: SweepIdentity) -> str:
@@ -77,14 +77,15 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweep = (driver_sweep() or sweep_identity(sweep_dir)).id  # a resumed sweep's id
+        identity = driver_sweep() or sweep_identity(sweep_dir)  # a resumed sweep's id
+        sweep = identity.id
         uri = config.tracking.uri or default_tracking_uri()
         outcomes = job_outcomes(sweep_dir)
         runs, url = len(outcomes), f"{uri} (did not answer: its runs are incomplete)"
         with unless_unreachable():  # a server still away: the jobs' own lines say what to sync
             experiment = experiment_id(uri, config.tracking.experiment)
-            url = dashboard_url(uri, experiment, search=f"tags.sweep_id = '{sweep}'")
             runs = sweep_run_count(uri, experiment, sweep)
+            url = sweep_view(uri, experiment, sweep, sorted(identity.swept))
         print(sweep_summary(
             sweep, runs, compare_command(sweep, config.tracking.experiment, config.tracking.uri),
             url, ui_command(uri), outcomes), flush=True)

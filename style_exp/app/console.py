@@ -40,12 +40,14 @@ def losses_text(metrics: dict[str, float]) -> str:
 
 
 def run_summary(name: str, run_id: str, output: Path, quality: str, url: str,
-                ui_command: str | None) -> str:
-    """What a finished run says last: which run, how it came out, where to look."""
+                ui_command: str | None, runs_url: str | None = None) -> str:
+    """What a finished run says last: which run, how it came out, where to look (the run's
+    page, then its experiment's prepared view of all runs)."""
     return "\n".join([f"Run '{name}' finished" + (f": {quality}" if quality else ""),
                       f"  output     {output}",
                       f"  run id     {run_id}",
-                      dashboard_line(url, ui_command)])
+                      dashboard_line(url, ui_command),
+                      *([f"  all runs   {runs_url}"] if runs_url else [])])
 
 
 def sweep_summary(sweep: str, runs: int, compare_command: str, url: str,

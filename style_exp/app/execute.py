@@ -33,7 +33,6 @@ from style_exp.app.tracking import (
     RUN_KEY_TAG,
     MetricsLogger,
     active,
-    dashboard_url,
     environment_tags,
     library_versions,
     log_image,
@@ -43,6 +42,7 @@ from style_exp.app.tracking import (
     ui_command,
 )
 from style_exp.app.video_run import run_clip
+from style_exp.app.views import experiment_view, run_image_url
 from style_exp.engine import stopping
 from style_exp.engine.images import resize_longest, save_image
 from style_exp.engine.progress import Interrupted, Progress, Result
@@ -105,8 +105,10 @@ def execute(plan: Plan, output_dir: Path, provenance: Provenance,
             outcome = _run_still(job, output_dir, MetricsLogger(run), started, on_checkpoint)
     info = run.info
     quality = quality_text(outcome.metrics) if isinstance(outcome, Result) else ""
-    log.info(run_summary(name, info.run_id, output_path(output_dir), quality,
-                         dashboard_url(uri, info.experiment_id, info.run_id), ui_command(uri)))
+    shown = output_path(output_dir)
+    log.info(run_summary(name, info.run_id, shown, quality,
+                         run_image_url(uri, info.experiment_id, info.run_id, shown.name),
+                         ui_command(uri), experiment_view(uri, info.experiment_id)))
     return outcome
 
 
