@@ -133,7 +133,9 @@ def test_an_experiments_view_is_written_on_first_use_only(store):
     tag = views.VIEW_TAG + views.EXPERIMENT_VIEW
     assert views.experiment_view(uri, experiment) == views.view_url(
         uri, experiment, views.EXPERIMENT_VIEW)
-    assert _decode(client.get_experiment(experiment).tags[tag])[1]["searchFilter"] == ""
+    state = _decode(client.get_experiment(experiment).tags[tag])[1]
+    assert (state["searchFilter"], state["orderByAsc"], state["runsHiddenMode"]) == (
+        "", False, "FIRST_20_RUNS")  # all runs, the latest 20 in the charts
     client.set_experiment_tag(experiment, tag, "changed in the UI")
     views.experiment_view(uri, experiment)
     assert client.get_experiment(experiment).tags[tag] == "changed in the UI"

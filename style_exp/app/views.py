@@ -27,7 +27,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from style_exp.app.tracking import OUTPUT_IMAGES, PROGRESS_IMAGES, dashboard_url
@@ -86,19 +85,21 @@ def review_charts() -> list[dict[str, Any]]:
     ]
 
 
-def view_state(search: str, swept: Sequence[str], names: Iterable[str] = ()) -> dict[str, Any]:
+def view_state(search: str, swept: Sequence[str], names: Iterable[str] = (),
+               latest_only: bool = False) -> dict[str, Any]:
     """The runs view to open: the runs ``search`` finds, oldest first, every one shown in
-    the charts; columns for the swept keys (their ``sweep.<key>`` tags), both distances
+    the charts (``latest_only``: newest first, the latest 20 in the charts, for a whole
+    experiment); columns for the swept keys (their ``sweep.<key>`` tags), both distances
     and the time (the *Created* column shows each run's status); the review charts."""
     columns = [column("tags", f"sweep.{key}") for key in sorted(swept)]
     columns += [column("metrics", key) for key in (CONTENT, STYLE, TOTAL_TIME)]
     return {
-        "searchFilter": search, "orderByKey": "attributes.start_time", "orderByAsc": True,
-        "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [],
-        "modelVersionFilter": "All Runs",
+        "searchFilter": search, "orderByKey": "attributes.start_time",
+        "orderByAsc": not latest_only, "startTime": "ALL", "lifecycleFilter": "Active",
+        "datasetsFilter": [], "modelVersionFilter": "All Runs",
         "selectedColumns": columns, "columnOrder": [NAME_COLUMN],
         "columnWidths": {NAME_COLUMN: name_width(names)},
-        "runsHiddenMode": "SHOW_ALL",
+        "runsHiddenMode": "FIRST_20_RUNS" if latest_only else "SHOW_ALL",
         "compareRunCharts": review_charts(),
         "compareRunSections": review_sections(),
         "viewMaximized": False, "runListHidden": False, "isAccordionReordered": True,
@@ -130,13 +131,18 @@ def run_image_url(tracking_uri: str, experiment: str, run_id: str, artifact: str
 
 
 def write_view(tracking_uri: str, experiment: str, key: str, name: str,
-               state: dict[str, Any]) -> str | None:
-    """Saves the view on the experiment; None, after one line saying why, when the store
-    refuses (a team server's read-only permissions): the caller links the plain runs."""
+               state: dict[str, Any], first_use: bool = False) -> str | None:
+    """Saves the view on the experiment (``first_use``: unless it has one by that key) and
+    returns its link; None, after one line saying why, when the store refuses (a team
+    server's read-only permissions, a SQLite store busy with a parallel job's writes):
+    the caller links the plain runs. Whatever the cause, a finished run or sweep does not
+    fail for its view."""
+    client = MlflowClient(tracking_uri)
     try:
-        MlflowClient(tracking_uri).set_experiment_tag(
-            experiment, VIEW_TAG + key, encode_view(name, state, int(1000 * time.time())))
-    except MlflowException as error:
+        if not (first_use and VIEW_TAG + key in client.get_experiment(experiment).tags):
+            client.set_experiment_tag(experiment, VIEW_TAG + key,
+                                      encode_view(name, state, int(1000 * time.time())))
+    except Exception as error:
         print(f"note: the prepared view could not be saved, so the link opens the plain "
               f"runs list ({str(error).splitlines()[0][:200]})", flush=True)
         return None
@@ -155,8 +161,7 @@ def sweep_view(tracking_uri: str, experiment: str, sweep: str, swept: Sequence[s
 
 def experiment_view(tracking_uri: str, experiment: str) -> str:
     """The link to the experiment's prepared view of all its runs, written on first use."""
-    tags = MlflowClient(tracking_uri).get_experiment(experiment).tags
-    if VIEW_TAG + EXPERIMENT_VIEW in tags:
-        return view_url(tracking_uri, experiment, EXPERIMENT_VIEW)
-    return (write_view(tracking_uri, experiment, EXPERIMENT_VIEW, "all runs", view_state("", ()))
+    state = view_state("", (), latest_only=True)
+    return (write_view(tracking_uri, experiment, EXPERIMENT_VIEW, "all runs", state,
+                       first_use=True)
             or dashboard_url(tracking_uri, experiment))
