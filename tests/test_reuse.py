@@ -27,18 +27,25 @@ def test_a_warm_job_makes_the_image_a_cold_one_makes(compose_config, tmp_path, o
     monkeypatch.setattr(job, "build_network",
                         lambda *args: built.append(args) or build_network(*args))
 
-    def run(seed: int, name: str) -> np.ndarray:
-        args = [*overrides, f"seed={seed}"]
+    def run(name: str, *extra: str) -> np.ndarray:
+        args = [*overrides, *extra]
         return run_config(compose_config(args), tmp_path / name, args).image
 
+    def loops() -> dict[int, object]:  # per scale side, the loop around its compiled step
+        return {side: space._loop for side, space in job.WARM._kept["workspaces"][1].items()}
+
+    other = ("seed=2", "loss.style_weight=50")  # term weights are the step's arguments
     monkeypatch.setattr(job, "WARM", Warm())  # a process that has run nothing yet
-    cold = run(1, "cold")
-    run(2, "other_seed")
-    steps = dict(job.WARM._kept["workspaces"][1])
-    warm = run(1, "warm")
-    assert len(built) == 1, "the second and third job built the network again"
-    assert job.WARM._kept["workspaces"][1] == steps, "the compiled steps were not kept"
-    # The L-BFGS state, the seed's noise and the targets are the job's own.
+    other_cold = run("other_cold", *other)
+    monkeypatch.setattr(job, "WARM", Warm())
+    cold = run("cold", "seed=1")
+    first = loops()
+    other_warm = run("other_warm", *other)
+    warm = run("warm", "seed=1")
+    assert len(built) == 2, "a warm job built the network again"
+    assert loops() == first, "the compiled steps were built again"
+    # The L-BFGS state, the seed's noise, the targets and the weights are the job's own.
+    np.testing.assert_array_equal(other_warm, other_cold)
     np.testing.assert_array_equal(warm, cold)
 
 

@@ -238,6 +238,9 @@ class Targets(NamedTuple):
     # Video: the previous stylised frame warped onto this one, (1, H, W, 3), and the
     # mask of trusted pixels, (1, H, W, 1).
     temporal: tuple[tf.Tensor, tf.Tensor] | None = None
+    # Each term's weight (``LossWeights.term_weights``) as a tensor: arguments of the
+    # compiled step, so a sweep over them reuses one trace. None: the weights' own.
+    term_weights: dict[str, tf.Tensor] | None = None
 
 
 def style_term(image_moments: Sequence[dict[str, Moments]], targets: Targets,

@@ -106,7 +106,9 @@ def compute_targets(network: VGG19Features, problem: Problem, tile: int = 0) -> 
         warped, mask = problem.temporal
         temporal = (tf.constant(warped[None], tf.float32),
                     tf.constant(mask[None, ..., None], tf.float32))
-    return Targets(content, style, temporal)
+    term_weights = {name: tf.constant(value, tf.float32)
+                    for name, value in problem.loss.term_weights.items()}
+    return Targets(content, style, temporal, term_weights)
 
 
 def loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Targets,
@@ -114,8 +116,11 @@ def loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Targets
     """The loss terms at ``image`` and the gradient of their total.
 
     The loss is scaled by ``network.gradient_scale`` while differentiating so
-    float16 gradients stay in range.
+    float16 gradients stay in range. The terms' weights are the targets' (tensors), so a
+    step compiled around one problem serves another with other term weights.
     """
+    if targets.term_weights is not None:
+        loss = loss.with_term_weights(targets.term_weights)
     with tf.GradientTape() as tape:
         tape.watch(image)
         terms = loss_terms(network(image), image, targets, loss)
@@ -156,7 +161,7 @@ def objective(problem: Problem, network: VGG19Features, tile: int = 0,
 
     return Objective(evaluate, targets,
                      lambda step: tf.function(step, jit_compile=xla, autograph=False),
-                     key=(network, repr(problem.loss), xla))
+                     key=(network, repr(problem.loss.structure), xla))
 
 
 class Workspace:

@@ -13,9 +13,10 @@ one: a class here with a ``check``, its entry, its YAML, its function and a test
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from style_exp.spec.settings import VGG19_LAYERS, ConfigError, check_non_negative, check_positive
 
@@ -70,6 +71,9 @@ STYLE_STATISTICS: dict[str, type[StatisticSettings]] = {
     settings.name: settings for settings in (GramSettings, MeanStdSettings, WassersteinSettings)}
 
 
+TERMS = ("content", "style", "tv", "temporal")  # the weighted terms of the loss
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """How much each term and layer counts; layer weights are already normalised."""
@@ -86,6 +90,21 @@ class LossWeights:
     def layers(self) -> list[str]:
         """Every layer a term reads, content's first."""
         return [*self.content_layers, *self.style_layers]
+
+    @property
+    def term_weights(self) -> dict[str, float]:
+        """The weight of each term: a compiled step takes them as arguments."""
+        return {name: getattr(self, name) for name in TERMS}
+
+    def with_term_weights(self, weights: Mapping[str, Any]) -> LossWeights:
+        """These weights with each term's weight replaced (by a tensor, in a traced step)."""
+        return dataclasses.replace(self, **weights)
+
+    @property
+    def structure(self) -> LossWeights:
+        """Everything but the term weights: what a compiled step is built around, so one
+        trace serves a sweep over ``loss.style_weight`` (or any term's weight)."""
+        return self.with_term_weights(dict.fromkeys(TERMS, 0.0))
 
 
 @dataclass(frozen=True)
