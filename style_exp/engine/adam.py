@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from style_exp.engine import stopping
+from style_exp.engine.averaging import iterate_average
 from style_exp.engine.losses import Targets
 from style_exp.engine.objective import PIXEL_RANGE, Objective, Workspace, optimise
 from style_exp.engine.progress import Interrupted, Reporter, Result
@@ -72,6 +73,7 @@ class AdamLoop:
         best_image = self.best_image = tf.Variable(image)
         best_loss = self.best_loss = tf.Variable(math.inf)
         adam = self.adam = Adam(image, settings)
+        self.average = iterate_average(settings, objective, shape)
 
         # No data-dependent Python control flow inside: AutoGraph has nothing to convert.
         @objective.compile
@@ -92,22 +94,26 @@ class AdamLoop:
         self.best_image.assign(self.image)
         self.best_loss.assign(math.inf)
         self.adam.reset()
+        self.average.start(init)
 
 
 @optimise.register(AdamSettings)
 def run_adam(settings: AdamSettings, objective: Objective, init: np.ndarray, iterations: int,
              reporter: Reporter, workspace: Workspace) -> Result:
-    """Adam's steps, each one evaluation; the result is the lowest-loss image seen."""
+    """Adam's steps, each one evaluation; the result is the lowest-loss image seen (or
+    average measured, with ``average=ema``)."""
     loop = workspace.loop(AdamLoop, settings, objective, init)
+    average = loop.average
     stop_reason = "iterations"
     try:
         for i in range(1, iterations + 1):
             stopping.raise_if_requested()
             terms, lr = loop.step(objective.targets)
+            average.add(loop.image)
             if reporter.wants(i):
                 metrics = {f"loss/{name}": float(value) for name, value in terms.items()}
                 metrics["lr"] = float(lr)
-                reporter.report(i, metrics, lambda: loop.image.numpy()[0])
+                average.report(reporter, i, metrics, objective.targets, loop.image)
                 if converged := reporter.converged():
                     stop_reason = converged
                     break
@@ -115,5 +121,5 @@ def run_adam(settings: AdamSettings, objective: Objective, init: np.ndarray, ite
         stop = stopping.as_stop(error)
         if stop is None:
             raise
-        raise Interrupted(reporter.result(loop.best_image.numpy()[0], True)) from stop
-    return reporter.result(loop.best_image.numpy()[0], False, stop_reason)
+        raise Interrupted(reporter.result(average.output(loop.best_image), True)) from stop
+    return reporter.result(average.output(loop.best_image), False, stop_reason)

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from style_exp.engine import stopping
+from style_exp.engine.averaging import iterate_average
 from style_exp.engine.losses import Targets
 from style_exp.engine.objective import PIXEL_RANGE, Objective, Workspace, optimise
 from style_exp.engine.progress import Interrupted, Reporter, Result
@@ -172,6 +173,7 @@ class LBFGSLoop:
         gradient = self.gradient = tf.Variable(tf.zeros(shape))
         direction = self.direction = tf.Variable(tf.zeros(shape))
         loss = self.loss = tf.Variable(math.inf)
+        self.average = iterate_average(settings, objective, shape)
 
         @tf.function(autograph=False)
         def restart() -> None:
@@ -210,6 +212,7 @@ class LBFGSLoop:
             zeroed.assign(tf.zeros_like(zeroed))
         self.loss.assign(math.inf)
         self.lbfgs.forget()
+        self.average.start(init)
 
 
 @optimise.register(LBFGSSettings)
@@ -221,10 +224,11 @@ def run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
     until the loss falls enough; the host reads one flag per evaluation. A line search
     that fails clears the memory and retries along the preconditioned gradient; if
     that fails too, the loss cannot fall any further in float32 and the run stops.
-    Accepted steps only ever lower the loss, so the current image is the best one.
+    Accepted steps only ever lower the loss, so the current image is the best one (with
+    ``average=ema``, the lowest-loss average measured).
     """
     loop = workspace.loop(LBFGSLoop, settings, objective, init)
-    image, lbfgs, loss = loop.image, loop.lbfgs, loop.loss
+    image, lbfgs, loss, average = loop.image, loop.lbfgs, loop.loss, loop.average
 
     def try_step(step_size: float) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
         return loop.try_step(tf.constant(step_size), objective.targets)
@@ -259,6 +263,7 @@ def run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
                 stop_reason = "convergence: no step lowers the loss (float32 precision reached)"
                 break
             metrics, largest_gradient = outcome
+            average.add(image)
             change = (last_loss - metrics["loss/total"]) / max(abs(last_loss), 1.0)
             last_loss, last = metrics["loss/total"], (i, metrics)
             if change <= settings.ftol and settings.ftol > 0:
@@ -266,7 +271,7 @@ def run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
             elif largest_gradient <= settings.gtol and settings.gtol > 0:
                 stop_reason = f"convergence: projected gradient {largest_gradient:.3g} <= gtol"
             if reporter.wants(i) or stop_reason != "iterations":
-                reporter.report(i, metrics, lambda: image.numpy()[0])
+                average.report(reporter, i, metrics, objective.targets, image)
                 stop_reason = reporter.converged() or stop_reason
             if stop_reason != "iterations":
                 break
@@ -274,7 +279,7 @@ def run_lbfgs(settings: LBFGSSettings, objective: Objective, init: np.ndarray,
         stop = stopping.as_stop(error)
         if stop is None:
             raise
-        raise Interrupted(reporter.result(image.numpy()[0], True)) from stop
+        raise Interrupted(reporter.result(average.output(image), True)) from stop
     if last is not None and reporter.last_step < last[0]:  # stopped after an unreported step
-        reporter.report(*last, lambda: image.numpy()[0])
-    return reporter.result(image.numpy()[0], False, stop_reason)
+        average.report(reporter, *last, objective.targets, image)
+    return reporter.result(average.output(image), False, stop_reason)

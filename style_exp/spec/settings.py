@@ -67,6 +67,7 @@ SCHEDULES = ("constant", "exponential", "step", "cosine")
 VIDEO_INITS = ("independent", "previous", "flow")
 INIT_KINDS = ("noise", "content", "style", "image")
 FLOW_METHODS = ("dis", "farneback")
+AVERAGES = ("none", "ema")
 
 
 class ConfigError(UserError):
@@ -88,8 +89,31 @@ def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"must be one of {choices}, got {value!r}", key)
 
 
+@dataclass(frozen=True, kw_only=True)
+class AverageSettings:
+    """Iterate averaging, the same for every optimiser (``engine/averaging.py``).
+
+    ``average=ema``: the output is the bias-corrected exponential moving average of the
+    iterates, decay ``average_decay`` per step, and the best image is the lowest-loss
+    average measured at a reported step (README, "Iterate averaging").
+    """
+
+    average: str = "none"  # none | ema
+    average_decay: float = 0.99  # per step; the average spans about 1 / (1 - decay) steps
+
+    def check_average(self, prefix: str = "") -> None:
+        check_choice(f"{prefix}average", self.average, AVERAGES)
+        if not 0.0 < self.average_decay < 1.0:
+            raise ConfigError(f"must be in (0, 1), got {self.average_decay}",
+                              f"{prefix}average_decay")
+
+    def average_images(self) -> int:
+        """Image-sized tensors averaging keeps: the average and the best one measured."""
+        return 2 if self.average != "none" else 0
+
+
 @dataclass(frozen=True)
-class AdamSettings:
+class AdamSettings(AverageSettings):
     """Adam's hyper-parameters (defaults as the seed's implementation) and its schedule.
 
     Schedules, with t the step and T = ``decay_steps``:
@@ -116,10 +140,11 @@ class AdamSettings:
         check_choice(f"{prefix}schedule", self.schedule, SCHEDULES)
         check_positive(f"{prefix}decay_rate", self.decay_rate)
         check_positive(f"{prefix}decay_steps", self.decay_steps)
+        self.check_average(prefix)
 
     def state_images(self) -> int:
         """Image-sized tensors the optimiser keeps: both moments and the best image."""
-        return 3
+        return 3 + self.average_images()
 
     def history_images(self) -> int:
         """Image-sized tensors of past steps: none."""
@@ -135,7 +160,7 @@ class AdamSettings:
 
 
 @dataclass(frozen=True)
-class LBFGSSettings:
+class LBFGSSettings(AverageSettings):
     """L-BFGS options: memory, preconditioner, line search and convergence tolerances."""
 
     name: ClassVar[str] = "lbfgs"  # its option in the optimizer group
@@ -150,11 +175,12 @@ class LBFGSSettings:
         check_positive(f"{prefix}max_line_search", self.max_line_search)
         for name in ("smoothing", "ftol", "gtol"):
             check_non_negative(f"{prefix}{name}", getattr(self, name))
+        self.check_average(prefix)
 
     def state_images(self) -> int:
         """Image-sized tensors kept besides the history: the gradient, direction,
         candidate, its gradient and the preconditioner's spectra."""
-        return 6
+        return 6 + self.average_images()
 
     def history_images(self) -> int:
         """The history's step and gradient-change pairs."""
