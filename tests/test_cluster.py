@@ -33,6 +33,7 @@ from conftest import (
     run_config,
     run_sweep,
     stripes_image,
+    write_image,
 )
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -516,3 +517,37 @@ def test_threads_follow_the_cpus_slurm_gave(monkeypatch):
     assert resources.allotted_cpus() == 3
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     assert resources.allotted_cpus() is None
+
+
+def test_a_search_runs_its_trials_on_ray_against_one_sqlite_study(ray_head, tmp_path, weights):
+    """hydra/sweeper=optuna with the Ray launcher: each batch's trials run in Ray workers
+    (other processes, another working directory), report to one SQLite study beside the
+    store and return their values to the driver, which tells the study."""
+    import optuna
+
+    from style_exp.app.study import study_storage
+
+    photo = write_image(tmp_path / "photo.png", gradient_image(40, 56))
+    painting = write_image(tmp_path / "painting.jpg", stripes_image(48, 48))
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    env = {**os.environ, **RAY_ENV, "STYLE_EXP_CACHE": str(default_cache_dir()),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = run_sweep(["-m", "hydra/sweeper=optuna", "hydra/launcher=ray",
+                      f"hydra.launcher.ray.init.address={ray_head.address}",
+                      "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                      "loss.style_weight=tag(log, interval(50, 5000))", f"content={photo}",
+                      f"style={painting}", *TINY, f"tracking.uri={uri}",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    storage = study_storage(None, uri)
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    _, runs = experiment_runs(uri, "style_exp")
+    by_trial = {int(run.data.tags["style_exp.trial"]): run for run in runs
+                if "style_exp.trial" in run.data.tags}
+    assert sorted(by_trial) == [0, 1, 2, 3]
+    for trial in study.trials:
+        metrics = by_trial[trial.number].data.metrics
+        assert trial.values == [pytest.approx(metrics["quality/content_distance"]),
+                                pytest.approx(metrics["quality/style_distance"])]
