@@ -1,7 +1,7 @@
 """An Optuna search against a grid of the same budget, and what pruning saves.
 
-    python benchmarks/search.py [--pairs tubingen:starry_night,...] [--size 128]
-                                [--iterations 200] [--budget 30] [--out DIR]
+    python -m benchmarks.search [--pairs tubingen:starry_night,...] [--size 128]
+                                [--iterations 200] [--budget 30] [--startup 5] [--out DIR]
 
 For each photo/painting pair (in ``../shared/images``), over the ranges of
 ``search=tradeoff`` (style weight 50..5000 and TV weight 1..1000, both log):
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--budget", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=PROJECT / "runs" / "benchmark_search")
+    parser.add_argument("--startup", type=int, default=5, help="trials before pruning starts")
+    parser.add_argument("--out", type=Path, default=PROJECT / "runs" / "benchmarks" / "search")
     args = parser.parse_args(argv)
     rows = ["| pair | grid runs | grid HV | search trials | search HV | no pruning: s, best | "
             "median pruning: s, best, pruned |", "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
                   "hydra.sweeper.direction=minimize", "tracking.checkpoint_every=20"]
         plain_s = run(single, out / "plain")
         pruned_s = run([*single, "hydra.sweeper.pruner=median",
-                        "hydra.sweeper.pruner_startup_trials=5"], out / "pruned")
+                        f"hydra.sweeper.pruner_startup_trials={args.startup}"], out / "pruned")
         (plain_best, _), (pruned_best, pruned) = (best_and_pruned(out / "plain"),
                                                   best_and_pruned(out / "pruned"))
         rows.append(f"| {pair} | {len(grid)} | {hypervolume(grid, tuple(worst)):.4g} | "
