@@ -25,11 +25,13 @@ STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
 @dataclass(frozen=True)
-class GramSettings:
-    """The seed's statistic: the Gram matrix of each style layer's features."""
+class ScaledStatistic:
+    """What every style statistic has: a factor on the style term."""
 
-    name: ClassVar[str] = "gram"  # its option in the loss/style group
-    # Multiplies the style term (all statistics have one; the Gram's is the seed's 1).
+    # Multiplies the style term. The Gram's is the seed's 1; the others' bring the style
+    # gradient at the photo to the Gram's size (geometric mean over three pairs at 256 px:
+    # mean_std 2.1, wasserstein 1.7), so style_weight keeps its balance with content
+    # (README, "Style statistics").
     scale: float = 1.0
 
     def check(self, prefix: str = "") -> None:
@@ -37,31 +39,32 @@ class GramSettings:
 
 
 @dataclass(frozen=True)
-class MeanStdSettings:
-    """Each channel's mean and standard deviation (the statistics AdaIN matches)."""
+class GramSettings(ScaledStatistic):
+    """The seed's statistic: the Gram matrix of each style layer's features."""
 
-    name: ClassVar[str] = "mean_std"
-    # Brings the style gradient at the photo to the Gram's size (geometric mean over three
-    # pairs at 256 px: 2.1), so style_weight keeps its balance with content (README,
-    # "Style statistics").
-    scale: float = 2.0
-
-    def check(self, prefix: str = "") -> None:
-        check_positive(f"{prefix}scale", self.scale)
+    name: ClassVar[str] = "gram"  # its option in the loss/style group
 
 
 @dataclass(frozen=True)
-class WassersteinSettings:
+class MeanStdSettings(ScaledStatistic):
+    """Each channel's mean and standard deviation (the statistics AdaIN matches)."""
+
+    name: ClassVar[str] = "mean_std"
+    scale: float = 2.0
+
+
+@dataclass(frozen=True)
+class WassersteinSettings(ScaledStatistic):
     """The 2-Wasserstein distance between Gaussians fitted to the features (mean, covariance)."""
 
     name: ClassVar[str] = "wasserstein"
-    scale: float = 2.0  # as MeanStdSettings.scale (measured: 1.7)
+    scale: float = 2.0
     # Added to both covariances' diagonals, relative to the style's mean variance: keeps
     # the square root's gradient finite where features are rank-deficient (small layers).
     ridge: float = 1e-3
 
     def check(self, prefix: str = "") -> None:
-        check_positive(f"{prefix}scale", self.scale)
+        super().check(prefix)
         check_non_negative(f"{prefix}ridge", self.ridge)
 
 
