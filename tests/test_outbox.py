@@ -15,6 +15,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from style_exp.app import outbox as outbox_module
 from style_exp.app import runs, tracking
@@ -225,3 +226,23 @@ def test_sync_while_the_store_is_still_away_fails_in_one_line_and_can_run_again(
     assert err.startswith("error: the tracking store did not answer") and len(err.splitlines()) == 1
     assert "0 of 1 record(s) sent, run sync again later" in err
     assert Journal(tmp_path / QUEUE_DIR).replayed == 0
+
+
+def test_an_image_the_outage_cut_short_is_completed_not_sent_twice(store, tmp_path, capsys):
+    """The server went away between MLflow's two uploads of an image (seen in the fault
+    test): the replay sends the missing compressed copy, not the image again."""
+    client, _, box = store
+    run_id, pixels = box.info.run_id, np.full((8, 8, 3), 7, np.uint8)
+    client.log_image(run_id, pixels, key="progress", step=30, timestamp=1234, synchronous=True)
+    (compressed,) = [path for path in images(client, run_id) if path.endswith(".webp")]
+    artifacts = Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://"))
+    (artifacts / compressed).unlink()  # what the server had kept
+    journal = Journal.create(tmp_path / "run" / QUEUE_DIR,
+                             {"tracking_uri": client.tracking_uri, "run_id": run_id})
+    path = journal.new_file("image.png")
+    Image.fromarray(pixels).save(path)
+    journal.append({"op": "image", "key": "progress", "step": 30, "timestamp": 1234,
+                    "file": str(path.relative_to(journal.directory))})
+    assert runs.main(["sync", str(tmp_path / "run")]) == 0
+    assert images(client, run_id) == sorted([compressed, compressed.replace(
+        "+compressed.webp", ".png")])

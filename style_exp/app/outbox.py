@@ -19,7 +19,8 @@ covered. Local stores (SQLite) are not queued: their errors are raised as before
 Replaying an entry twice changes nothing (a crash between sending one and recording
 that it was sent): the store keeps one metric per key, step, time stamp and value;
 params and tags are set to the same value; artifacts are overwritten; an image is sent
-only when the store has none of its key, step and time stamp.
+only when the store has none of its key, step and time stamp, and one sent half (its
+compressed copy missing) is completed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +42,8 @@ import requests
 from mlflow.entities import Metric, Param, RunInfo, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.multimedia import compress_image_size
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
 from PIL import Image
 
 from style_exp.app.journal import HEADER, Journal
@@ -260,9 +264,9 @@ def send(client: MlflowClient, run_id: str, entry: dict[str, Any],
             client.log_artifact(run_id, str(path), entry["dir"])
     elif op == "image":
         if journal is not None:
-            if _has_image(client, run_id, entry):
-                return
             image = np.asarray(Image.open(journal.path(entry["file"])))
+            if _completed_image(client, run_id, entry, image):
+                return
         client.log_image(run_id, image, key=entry["key"], step=entry["step"],
                          timestamp=entry["timestamp"], synchronous=True)
     elif op == "end":
@@ -274,14 +278,26 @@ def send(client: MlflowClient, run_id: str, entry: dict[str, Any],
         raise ValueError(f"unknown record {op!r}")
 
 
-def _has_image(client: MlflowClient, run_id: str, entry: dict[str, Any]) -> bool:
-    """Whether the store has the image of ``entry`` (both of the files MLflow writes)."""
+def _completed_image(client: MlflowClient, run_id: str, entry: dict[str, Any],
+                     image: np.ndarray) -> bool:
+    """Whether the store has the image of ``entry``, once what a call cut short left out
+    is sent: MLflow writes the image, then a compressed copy, then a tag, and a server
+    that went away in between (seen in the fault test) has the first file only."""
     prefix = (f"images/{entry['key'].replace('/', '~')}+step+{entry['step']}"
               f"+timestamp+{entry['timestamp']}+")
     found = [info.path for info in client.list_artifacts(run_id, "images")
              if info.path.startswith(prefix)]
-    return any(path.endswith(".png") for path in found) and any(
-        path.endswith(".webp") for path in found)
+    full = [path for path in found if path.endswith(".png")]
+    if not full:
+        return False
+    compressed = full[0].removesuffix(".png") + "+compressed.webp"
+    if compressed not in found:
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / Path(compressed).name
+            compress_image_size(Image.fromarray(image)).save(path)
+            client.log_artifact(run_id, str(path), "images")
+    client.set_tag(run_id, MLFLOW_LOGGED_IMAGES, True)
+    return True
 
 
 def sync(run_dir: Path) -> str:
