@@ -105,8 +105,9 @@ class Reporter:
                       f"{self._start()}")
         if self.callback is not None:
             image = current_image() if self.is_checkpoint(step) else None
-            self.asked = self.callback(Progress(step, self.iterations, metrics, image)) \
-                or self.asked
+            reason = self.callback(Progress(step, self.iterations, metrics, image))
+            if isinstance(reason, str) and not self.asked:  # only a reason asks to stop
+                self.asked = reason
 
     def converged(self) -> str | None:
         """Why the run should stop now (the callback asked, or the loss no longer falls)."""
