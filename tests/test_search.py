@@ -267,3 +267,20 @@ def test_a_callback_that_asks_to_stop_ends_the_run_there_and_skips_later_scales(
                             callback=judge)
     assert result.steps == 6 and result.stop_reason == "pruned: test"
     assert seen[-1] == 6 and result.image.shape[:2] == (24, 32)  # the first scale's image
+
+
+def test_a_trial_that_missed_a_constraint_is_never_the_best():
+    from style_exp.app.study import CONSTRAINTS_ATTR, best_trials
+
+    study = optuna.create_study()
+    for value, constraint in ((1.0, 0.2), (2.0, -0.1), (3.0, 0.0)):
+        trial = study.ask({"x": FloatDistribution(0, 1)})
+        trial.set_user_attr(CONSTRAINTS_ATTR, [constraint])
+        study.tell(trial, value)
+    assert [t.number for t in best_trials(study)] == [1]  # 0 is faster but over the bound
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    only_missed = optuna.create_study(directions=["minimize", "minimize"])
+    trial = only_missed.ask()
+    trial.set_user_attr(CONSTRAINTS_ATTR, [0.5])
+    only_missed.tell(trial, [1.0, 1.0])
+    assert best_trials(only_missed) == []

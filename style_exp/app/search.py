@@ -181,7 +181,9 @@ class SearchSweeper(Sweeper):
         import optuna
 
         s = self.settings
-        constraints = (lambda trial: trial.user_attrs.get("constraints", [0.0])) \
+        from style_exp.app.study import CONSTRAINTS_ATTR
+
+        constraints = (lambda trial: trial.user_attrs.get(CONSTRAINTS_ATTR, [0.0])) \
             if s.constraints else None
         if s.sampler == "random":
             return optuna.samplers.RandomSampler(seed=s.seed)
@@ -224,7 +226,7 @@ class SearchSweeper(Sweeper):
         import optuna
         from hydra.core.utils import JobStatus
 
-        from style_exp.app.study import mean_values
+        from style_exp.app.study import CONSTRAINTS_ATTR, mean_values
 
         State = optuna.trial.TrialState
         outcomes = [r.return_value for r in returns if r.status == JobStatus.COMPLETED
@@ -242,7 +244,7 @@ class SearchSweeper(Sweeper):
             return
         if self.settings.constraints:
             means = mean_values([o.metrics for o in outcomes], list(self.settings.constraints))
-            trial.set_user_attr("constraints", [m - bound for m, bound in zip(
+            trial.set_user_attr(CONSTRAINTS_ATTR, [m - bound for m, bound in zip(
                 means, self.settings.constraints.values(), strict=True)])
         study.tell(trial, values)
 
@@ -258,7 +260,12 @@ def search_summary(study: Any, objectives: Sequence[str], runs: dict[int, list[A
         f"{states.count(state)} {state.lower()}" for state in ("COMPLETE", "PRUNED", "FAIL")
         if states.count(state))]
     best = best_trials(study)
-    lines.append("  best trial:" if len(best) == 1 else f"  Pareto front ({len(best)} trials):")
+    if not best:
+        lines.append("  best trial: none (no trial completed and met the constraints)")
+    elif len(best) == 1:
+        lines.append("  best trial:")
+    else:
+        lines.append(f"  Pareto front ({len(best)} trials):")
     option = f" --tracking-uri {given_uri}" if given_uri else ""
     for trial in best:
         values = "  ".join(f"{name.split('/')[-1]}={value:.4g}"

@@ -35,6 +35,7 @@ STORAGE_FILE = "optuna.db"  # beside a SQLite tracking store's mlflow.db
 PRUNERS = ("none", "median", "halving")
 # What the job process needs to judge its trial, kept in the study (its user attributes).
 OBJECTIVES_ATTR, PRUNER_ATTR, RUN_ATTR = "objectives", "pruner", "mlflow_run_id"
+CONSTRAINTS_ATTR = "constraints"  # a trial's: each constraint's value, <= 0 when met
 SQLITE_TIMEOUT_S = 120  # jobs of one study write to one SQLite file at once
 
 
@@ -171,13 +172,22 @@ def trial_runs(tracking_uri: str, experiment: str, study_name: str) -> dict[int,
     return by_trial
 
 
+def feasible(trial: Any) -> bool:
+    """Whether a trial met the search's constraints (each stored value <= 0; none: met)."""
+    return all(value <= 0 for value in trial.user_attrs.get(CONSTRAINTS_ATTR, []))
+
+
 def best_trials(study: Any) -> list[Any]:
-    """The best trial, or a multi-objective study's Pareto front, by trial number."""
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    """The best trial, or a multi-objective study's Pareto front, by trial number, among
+    the complete trials that met the constraints (none if none did)."""
+    complete = [t for t in study.trials if t.state.name == "COMPLETE" and feasible(t)]
     if not complete:
         return []
-    return sorted(study.best_trials if len(study.directions) > 1 else [study.best_trial],
-                  key=lambda trial: trial.number)
+    if len(study.directions) > 1:
+        return sorted((t for t in study.best_trials if feasible(t)),
+                      key=lambda trial: trial.number)
+    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
+    return [min(complete, key=lambda trial: (sign * trial.values[0], trial.number))]
 
 
 def record_study(tracking_uri: str, run_id: str, study: Any, objectives: Sequence[str],
