@@ -267,6 +267,13 @@ def test_a_callback_that_asks_to_stop_ends_the_run_there_and_skips_later_scales(
                             callback=judge)
     assert result.steps == 6 and result.stop_reason == "pruned: test"
     assert seen[-1] == 6 and result.image.shape[:2] == (24, 32)  # the first scale's image
+    # anything but a reason (a lambda's value, here an array) asks nothing
+    import numpy as np
+
+    whole = stylize_scales(lambda side: rescaled(problem, side), [Scale(32, 4), Scale(64, 4)],
+                           build_network(weights, loss, "max"), problem.content, loop,
+                           callback=lambda progress: np.zeros(2))
+    assert whole.steps == 8 and whole.stop_reason == "iterations"
 
 
 def test_a_trial_that_missed_a_constraint_is_never_the_best():

@@ -105,8 +105,9 @@ def stylize_scales(
             reason = callback(dataclasses.replace(
                 progress, step=progress.step + offset, iterations=total,
                 metrics={**progress.metrics, "scale/size": float(side)}))
-            if reason:
-                asked.append(reason)
+            if not isinstance(reason, str):  # only a reason asks to stop (see Reporter)
+                return None
+            asked.append(reason)
             return reason
 
         scale_tile = tile if 0 < tile < scale.side else 0
