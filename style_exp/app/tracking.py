@@ -217,8 +217,11 @@ def tracked_run(tracking_uri: str, experiment: str, run_name: str | None = None,
     with that error (exit code 1), a stopped or failed one with its own.
     """
     mlflow.set_tracking_uri(tracking_uri)
+    # The experiment first: a client opens (creates, migrates) a new SQLite store, which
+    # experiment_id does under its lock so a sweep's parallel jobs do not race to it.
+    exp_id = experiment_id(tracking_uri, experiment)
     client = MlflowClient(tracking_uri)
-    run = client.create_run(experiment_id(tracking_uri, experiment), run_name=run_name,
+    run = client.create_run(exp_id, run_name=run_name,
                             tags=resolve_tags(dict(tags or {})))
     remote = tracking_uri.startswith(("http://", "https://"))
     outbox = Outbox(client, run.info, queue if remote else None, heartbeat)
