@@ -1,5 +1,6 @@
 """Quality distances: zero at their targets, relative, measured at the photo's size."""
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import gradient_image, stripes_image
@@ -60,3 +61,15 @@ def test_smaller_images_are_measured_at_the_photos_size(weights, photo_and_paint
     meter = QualityMeter(weights, photo, [painting], [1.0])
     half = photo[::2, ::2]
     assert meter(half)[CONTENT_DISTANCE] < 0.5 * meter(painting[:48])[CONTENT_DISTANCE]
+
+
+def test_one_images_quantiles_are_the_interpolated_order_statistics():
+    """The equal-weight shortcut gives what np.interp over the sorted values gives."""
+    from style_exp.engine.quality import _equal_weight_quantiles
+
+    values = np.random.default_rng(3).normal(size=(37, 5))
+    levels = (np.arange(16) + 0.5) / 16
+    ordered = np.sort(values, axis=0)
+    expected = np.stack([np.interp(levels, np.arange(1, 38) / 37, ordered[:, k])
+                         for k in range(5)], axis=1)
+    np.testing.assert_allclose(_equal_weight_quantiles(ordered, levels), expected, rtol=1e-12)

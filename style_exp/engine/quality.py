@@ -88,6 +88,8 @@ class QualityMeter:
             weights.append(np.full(flat.shape[0], b / flat.shape[0]))
         values, weight = np.concatenate(projected), np.concatenate(weights)
         levels = (np.arange(QUANTILES) + 0.5) / QUANTILES
+        if len(projected) == 1:  # equal weights: the i-th smallest sits at (i + 1) / n
+            return _equal_weight_quantiles(np.sort(values, axis=0), levels).T
         order = np.argsort(values, axis=0)
         cumulative = np.cumsum(weight[order], axis=0)
         cumulative /= cumulative[-1:]
@@ -109,6 +111,17 @@ class QualityMeter:
                        for layer in STYLE_LAYERS])
         return {CONTENT_DISTANCE: relative_distance(features[CONTENT_LAYER], self.content),
                 STYLE_DISTANCE: float(style), STYLE_SWD: float(swd)}
+
+
+def _equal_weight_quantiles(ordered: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """``np.interp(levels, (arange(n) + 1) / n, column)`` for every column of ``ordered``
+    at once: what the weighted path computes for one image, about 10x faster."""
+    n = ordered.shape[0]
+    position = np.clip(levels * n - 1.0, 0.0, n - 1.0)  # below 1/n: the smallest value
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, n - 1)
+    fraction = (position - below)[:, None]
+    return ordered[below] * (1.0 - fraction) + ordered[above] * fraction
 
 
 def _at_most(image: np.ndarray, side: int) -> np.ndarray:
