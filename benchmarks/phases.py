@@ -4,7 +4,8 @@
     python -m benchmarks.phases --projects ../before . -- size=256     # before / after
 
 Each repeat runs ``python run.py ARGS`` in a fresh process per project, interleaved
-(project A, B, A, B, ...) so both see the same load on a shared machine. The child is
+(project A, B, A, B, ...) so both see the same load on a shared machine; each project
+keeps one MLflow store across its repeats (the first repeat creates it). The child is
 this module with ``--child``: it wraps the functions named in :data:`PROBES` as their
 modules are imported (nothing is imported early, so import times stay as they are) and
 records when each call starts and ends; the parent adds the command's start and the
@@ -43,7 +44,6 @@ PROBES = {
     "style_exp.engine.quality": ["QualityMeter.__call__"],
     "style_exp.engine.stylize": ["objective"],
     "style_exp.engine.progress": ["Reporter.report"],
-    "mlflow": ["start_run", "end_run"],
 }
 TIMED_IMPORTS = ("tensorflow", "mlflow", "style_exp.app.execute")
 # (phase, from mark, to mark); a mark is "<name>.start|end" ("first"/"last" call of it).
@@ -54,13 +54,13 @@ PHASES = [
     ("import tensorflow", "import tensorflow.start", "import tensorflow.end"),
     ("import the run's modules", "import style_exp.app.execute.start",
      "import style_exp.app.execute.end"),
-    ("MLflow run start", "start_run.start", "start_run.end"),
-    ("reap + params + config + hashes", "start_run.end", "prepare.start"),
+    ("MLflow run start, reap, params, config", "execute.start", "prepare.start"),
     ("weights", "load_weights.start", "load_weights.end"),
     ("network build", "build_network.start", "build_network.end"),
     ("quality meter build", "QualityMeter.start", "QualityMeter.end"),
-    ("input copies + reproduce.json", "prepare.end", "stylize_scales.start"),
-    ("quality at the start", "QualityMeter.__call__.start", "QualityMeter.__call__.end"),
+    ("input copies, reproduce.json, start's quality", "prepare.end", "stylize_scales.start"),
+    ("of which the start's quality", "QualityMeter.__call__.start",
+     "QualityMeter.__call__.end"),
     ("targets", "objective.start", "objective.end"),
     ("tracing + first step", "objective.end", "Reporter.report.start"),
     ("steps", "Reporter.report.start", "stylize_scales.end"),
@@ -85,7 +85,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
             for index, project in enumerate(args.projects):
-                samples[project].append(_measure(Path(project), args.args,
+                store = Path(scratch) / f"store-{index}"  # one per project, as a user has
+                store.mkdir(exist_ok=True)
+                samples[project].append(_measure(Path(project), args.args, store,
                                                  Path(scratch) / f"{repeat}-{index}"))
                 print(f"repeat {repeat + 1}/{args.repeats} {project}: "
                       f"{samples[project][-1]['whole process']:.1f} s", flush=True)
@@ -98,14 +100,15 @@ def main() -> None:
     print(table.read_text())
 
 
-def _measure(project: Path, run_args: list[str], scratch: Path) -> dict[str, float]:
+def _measure(project: Path, run_args: list[str], store: Path,
+             scratch: Path) -> dict[str, float]:
     """One whole process: its marks turned into phase durations."""
     scratch.mkdir(parents=True)
     events = scratch / "events.jsonl"
     env = {**os.environ, EVENTS: str(events),
            "PYTHONPATH": os.pathsep.join([str(project), str(PROJECT)])}
     command = [sys.executable, "-m", "benchmarks.phases", "--child", "--",
-               f"hydra.run.dir={scratch / 'run'}", f"tracking.uri=sqlite:///{scratch}/mlflow.db",
+               f"hydra.run.dir={scratch / 'run'}", f"tracking.uri=sqlite:///{store}/mlflow.db",
                "progress=false", *run_args]
     started = time.time()
     subprocess.run(command, cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
