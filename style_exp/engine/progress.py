@@ -62,6 +62,12 @@ class Interrupted(KeyboardInterrupt):
 ProgressCallback = Callable[[Progress], "str | None"]
 
 
+def stop_asked(returned: object) -> str | None:
+    """The reason to stop a progress callback gave: only a str asks (a lambda that
+    returns an image, say, asks nothing)."""
+    return returned if isinstance(returned, str) else None
+
+
 class Reporter:
     """Decides which steps are reported, times them and calls the callback.
 
@@ -105,8 +111,8 @@ class Reporter:
                       f"{self._start()}")
         if self.callback is not None:
             image = current_image() if self.is_checkpoint(step) else None
-            reason = self.callback(Progress(step, self.iterations, metrics, image))
-            if isinstance(reason, str) and not self.asked:  # only a reason asks to stop
+            reason = stop_asked(self.callback(Progress(step, self.iterations, metrics, image)))
+            if reason is not None and not self.asked:
                 self.asked = reason
 
     def converged(self) -> str | None:

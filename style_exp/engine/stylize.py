@@ -18,7 +18,14 @@ import numpy as np
 from style_exp.engine import adam, lbfgs  # noqa: F401  (importing them registers their loops)
 from style_exp.engine.images import resize, resize_longest
 from style_exp.engine.objective import PIXEL_RANGE, Problem, Workspace, objective, optimise
-from style_exp.engine.progress import Interrupted, Progress, ProgressCallback, Reporter, Result
+from style_exp.engine.progress import (
+    Interrupted,
+    Progress,
+    ProgressCallback,
+    Reporter,
+    Result,
+    stop_asked,
+)
 from style_exp.engine.vgg import VGG19Features
 from style_exp.spec.runspec import Scale
 from style_exp.spec.settings import LoopSettings
@@ -102,12 +109,11 @@ def stylize_scales(
                     side: int = scale.side) -> str | None:
             if callback is None:
                 return None
-            reason = callback(dataclasses.replace(
+            reason = stop_asked(callback(dataclasses.replace(
                 progress, step=progress.step + offset, iterations=total,
-                metrics={**progress.metrics, "scale/size": float(side)}))
-            if not isinstance(reason, str):  # only a reason asks to stop (see Reporter)
-                return None
-            asked.append(reason)
+                metrics={**progress.metrics, "scale/size": float(side)})))
+            if reason is not None:
+                asked.append(reason)
             return reason
 
         scale_tile = tile if 0 < tile < scale.side else 0
