@@ -25,10 +25,11 @@ from style_exp.app.tables import write_tables
 from style_exp.engine.images import load_image, save_image
 from style_exp.engine.objective import Problem, build_network, compute_targets, loss_and_gradient
 from style_exp.engine.progress import Interrupted, Progress
-from style_exp.engine.quality import CONTENT_DISTANCE, STYLE_DISTANCE, QualityMeter
+from style_exp.engine.quality import QualityMeter
 from style_exp.engine.stylize import stylize
 from style_exp.engine.weights import load_weights
 from style_exp.spec.loss import LossSettings
+from style_exp.spec.metrics import CONTENT_DISTANCE, STYLE_DISTANCE
 from style_exp.spec.settings import NEVER_STOP, AdamSettings, LBFGSSettings, LoopSettings
 
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", Path(__file__).resolve().parents[2]

@@ -32,7 +32,7 @@ from style_exp.app.pareto import pareto_plot
 from style_exp.app.schema import TrackingConfig, default_tracking_uri
 from style_exp.app.sweeps import swept_values
 from style_exp.app.tables import write_tables
-from style_exp.engine.quality import CONTENT_DISTANCE, STYLE_DISTANCE, STYLE_SWD
+from style_exp.spec.metrics import CONTENT_DISTANCE, STYLE_DISTANCE, STYLE_SWD
 
 CELL = 192  # px, longest side of each image on the sheet
 INPUT_CELL = 128  # px, longest side of each input on the sheet

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from style_exp.engine.quality import CONTENT_DISTANCE, STYLE_DISTANCE
+from style_exp.spec.metrics import CONTENT_DISTANCE, STYLE_DISTANCE
 
 PRUNED_TAG, TRIAL_TAG = "style_exp.pruned", "style_exp.trial"  # as app/study.py tags them
 LABEL_CHARS = 30

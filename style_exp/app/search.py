@@ -37,12 +37,13 @@ from omegaconf import DictConfig, OmegaConf
 from style_exp.app.parse import without_credentials
 from style_exp.app.schema import TrackingConfig, default_tracking_uri, settings_from
 from style_exp.app.sweeps import JobOutcome, command_digest
+from style_exp.spec.metrics import CONTENT_DISTANCE, STYLE_DISTANCE
 from style_exp.spec.search import SearchSettings
 from style_exp.spec.settings import ConfigError, check_choice
 
 TARGET = "hydra_plugins.style_exp_search.optuna_sweeper.OptunaSweeper"
 SAMPLERS = ("tpe", "nsga2", "random")
-OBJECTIVES = ("quality/content_distance", "quality/style_distance")
+OBJECTIVES = (CONTENT_DISTANCE, STYLE_DISTANCE)
 # Keys that name or place the study rather than choose what it searches.
 NOT_IN_NAME = ("search.study=", "search.storage=", "sweep.resume=")
 

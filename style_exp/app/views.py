@@ -30,10 +30,10 @@ from urllib.parse import quote
 from mlflow.tracking import MlflowClient
 
 from style_exp.app.tracking import OUTPUT_IMAGES, PROGRESS_IMAGES, dashboard_url
+from style_exp.spec.metrics import CONTENT_DISTANCE, STYLE_DISTANCE
 
 VIEW_TAG = "mlflow.sharedViewState."  # + key: the experiment tag the UI reads a view from
 COMPRESSED = "deflate;"  # the UI's marker of a zlib-compressed, base64 state
-CONTENT, STYLE = "quality/content_distance", "quality/style_distance"
 TOTAL_TIME = "time/total_s"
 LOSS_CURVES = ("loss/total", "loss/content", "loss/style", "loss/tv")
 NAME_COLUMN = "attributes.`Run Name`"
@@ -76,7 +76,8 @@ def review_charts() -> list[dict[str, Any]]:
         _card("IMAGE", 0, imageKeys=[OUTPUT_IMAGES, PROGRESS_IMAGES], step=0,
               showRunParams=True),
         _card("SCATTER", 1, runsCountToCompare=100,
-              xaxis={"key": CONTENT, "type": "METRIC"}, yaxis={"key": STYLE, "type": "METRIC"}),
+              xaxis={"key": CONTENT_DISTANCE, "type": "METRIC"},
+              yaxis={"key": STYLE_DISTANCE, "type": "METRIC"}),
         _card("LINE", 1, displayName="loss curves", metricKey=LOSS_CURVES[0],
               selectedMetricKeys=list(LOSS_CURVES), lineSmoothness=0, xAxisScaleType="linear",
               scaleType="log", range={}, xAxisKey="step", selectedXAxisMetricKey="",
@@ -92,7 +93,7 @@ def view_state(search: str, swept: Sequence[str], names: Iterable[str] = (),
     experiment); columns for the swept keys (their ``sweep.<key>`` tags), both distances
     and the time (the *Created* column shows each run's status); the review charts."""
     columns = [column("tags", f"sweep.{key}") for key in sorted(swept)]
-    columns += [column("metrics", key) for key in (CONTENT, STYLE, TOTAL_TIME)]
+    columns += [column("metrics", key) for key in (CONTENT_DISTANCE, STYLE_DISTANCE, TOTAL_TIME)]
     return {
         "searchFilter": search, "orderByKey": "attributes.start_time",
         "orderByAsc": not latest_only, "startTime": "ALL", "lifecycleFilter": "Active",

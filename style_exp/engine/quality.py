@@ -35,12 +35,10 @@ from style_exp.engine.images import resize, resize_longest
 from style_exp.engine.losses import gram_matrix
 from style_exp.engine.vgg import VGG19Features
 from style_exp.engine.weights import VGGWeights
+from style_exp.spec.metrics import CONTENT_DISTANCE, STYLE_DISTANCE, STYLE_SWD
 
 CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-CONTENT_DISTANCE = "quality/content_distance"
-STYLE_DISTANCE = "quality/style_distance"
-STYLE_SWD = "quality/style_swd"
 PROJECTIONS = 64  # random directions per layer (seeded: the same for every run)
 QUANTILES = 256
 # Longest side the distances are measured at: cheap at checkpoints, and a print-size
