@@ -1,4 +1,15 @@
-"""Entry point: `python run.py [key=value ...]` (see README.md; exit codes: style_exp/cli.py)."""
+"""Entry point: `python run.py [key=value ...]` (see README.md; exit codes: style_exp/cli.py).
+
+A resident worker (`python -m style_exp.worker start`) is asked first, before anything
+heavy loads: if it takes the command, this process only relays signals and exits with
+the job's code (style_exp/app/handoff.py)."""
+
+import sys
+
+from style_exp.app import handoff
+
+if __name__ == "__main__" and (handed := handoff.hand_over(sys.argv)) is not None:
+    sys.exit(handed)
 
 import hydra
 from hydra.core.config_store import ConfigStore

@@ -32,7 +32,7 @@ PACKAGE = PROJECT / "style_exp"
 # The layers, in order: each module imports only from its own layer and the ones before.
 LAYERS = ("spec", "engine", "app", "cluster")
 # Top-level modules: the commands users type (``python -m style_exp.compare``), kept.
-COMMANDS = {"compare", "reproduce", "runs", "server"}
+COMMANDS = {"compare", "reproduce", "runs", "server", "worker"}
 
 
 def _layer_modules(layer: str) -> list[str]:

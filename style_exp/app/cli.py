@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
@@ -39,6 +40,7 @@ from style_exp.app.sweeps import JobOutcome, Skipped, sweep_tags, swept_values
 from style_exp.engine import stopping
 from style_exp.engine.stopping import Terminated
 from style_exp.spec.errors import Reported
+from style_exp.spec.paths import default_cache_dir
 from style_exp.spec.runspec import Provenance, RunSpec
 
 if TYPE_CHECKING:  # TensorFlow loads only once a run is checked
@@ -63,13 +65,36 @@ USAGE_ERRORS = (ConfigCompositionException, MissingConfigException, OverridePars
 def main(hydra_main: Callable[[], None]) -> NoReturn:
     """Run the Hydra app with brief errors, quiet start-up and the exit codes above, and
     end the process (see ``_exit``)."""
+    _exit(*_outcome(hydra_main))
+
+
+def serve(hydra_main: Callable[[], None]) -> int:
+    """What :func:`main` does, for a process that goes on (the resident worker,
+    ``app/worker.py``): the same exit code and last message, the output flushed, and the
+    process left running. Hydra's global state is cleared first, as a new process has it."""
+    GlobalHydra.instance().clear()
+    exit_code, message = _outcome(hydra_main)
+    _say(message)
+    return exit_code
+
+
+def _outcome(hydra_main: Callable[[], None]) -> tuple[int, object]:
+    """The app's exit code, and what ``sys.exit`` was given (a message to print, or None)."""
     try:
         _run(hydra_main)
     except SystemExit as done:
         code = done.code
     else:
         code = 0
-    _exit(code if isinstance(code, int) else 1 if code else 0, code)
+    return code if isinstance(code, int) else 1 if code else 0, code
+
+
+def _say(message: object) -> None:
+    """Print what ``sys.exit("...")`` would have printed, and flush the output streams."""
+    if message is not None and not isinstance(message, int):
+        print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def _exit(exit_code: int, message: object) -> NoReturn:
@@ -83,12 +108,10 @@ def _exit(exit_code: int, message: object) -> NoReturn:
     join of non-daemon threads, then the exit handlers (MLflow's, logging's); the output
     streams are flushed.
     """
-    if message is not None and not isinstance(message, int):
-        print(message, file=sys.stderr)  # what sys.exit("...") would have printed
+    _say(message)
     threading._shutdown()
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _say(None)
     os._exit(exit_code)
 
 
@@ -243,8 +266,6 @@ def with_xla_cache(flags: str) -> str:
     Measured under load: the two-loop's first call 5.5-7.3 s compiled, 3.3-3.6 s loaded."""
     if XLA_CACHE_FLAG in flags:
         return flags
-    from style_exp.engine.weights import default_cache_dir
-
     return f"{flags} {XLA_CACHE_FLAG}={default_cache_dir() / 'xla'}".strip()
 
 

@@ -78,6 +78,12 @@ def as_stop(error: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+def requested() -> tuple[int, ...]:
+    """The signals whose stops were asked for, in order (for a process that goes on after
+    a job: the resident worker tells a signal sent to it from one it relayed)."""
+    return tuple(_requested)
+
+
 def clear() -> None:
     """Forget the recorded stop: for a process that goes on after one (tests)."""
     _requested.clear()
@@ -86,9 +92,12 @@ def clear() -> None:
 def quiet_lost_stops() -> None:
     """Print nothing for a stop Python dropped (it was recorded): other losses as before."""
     previous = sys.unraisablehook
+    if getattr(previous, "quiets_lost_stops", False):  # a process that runs many jobs
+        return
 
     def hook(unraisable: sys.UnraisableHookArgs) -> None:
         if not isinstance(unraisable.exc_value, Terminated):
             previous(unraisable)
 
+    hook.quiets_lost_stops = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook

