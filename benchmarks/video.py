@@ -64,7 +64,7 @@ class NoiseStarted:
     style: np.ndarray
     loss: LossWeights
 
-    def problem_for(self, frame: np.ndarray) -> Problem:
+    def problem_for(self, index: int, frame: np.ndarray) -> Problem:
         return Problem(frame, [self.style], [1.0], self.loss)
 
     def output_image(self, image: np.ndarray, frame: np.ndarray) -> np.ndarray:

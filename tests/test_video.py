@@ -125,7 +125,7 @@ class Maker:
     def __init__(self, style: np.ndarray, start=lambda index, frame: frame):
         self.style, self.start = style, start
 
-    def problem_for(self, frame: np.ndarray) -> Problem:
+    def problem_for(self, index: int, frame: np.ndarray) -> Problem:
         return Problem(frame, [self.style], [1.0], LOSS)
 
     def output_image(self, image: np.ndarray, frame: np.ndarray) -> np.ndarray:

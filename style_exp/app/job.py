@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from style_exp.engine.demo import demo_paintings, demo_photo
 from style_exp.engine.device import compute_precision
 from style_exp.engine.images import load_image, resize
 from style_exp.engine.init import initial_image
-from style_exp.engine.masks import load_regions
+from style_exp.engine.masks import frame_labels, load_regions
 from style_exp.engine.objective import Problem, Workspace, build_network
 from style_exp.engine.quality import QualityMeter
 from style_exp.engine.stylize import rescaled
@@ -60,6 +61,7 @@ class Job:
     weights_sha256: str
     quality: QualityMeter  # distances to the photo and the styles as loaded, for any image
     clip: Clip | None = None
+    labels: tuple[Path, ...] = ()  # the label image of each frame (masks.content=DIR)
     # Per scale side: the optimiser's compiled step, kept for this process's next job.
     workspaces: dict[int, Workspace] = field(default_factory=dict)
 
@@ -74,10 +76,15 @@ class Job:
             frame = resize(self.inputs.content, image.shape[1::-1])
         return color.finish(image, frame, self.spec.color)
 
-    def problem_for(self, frame: np.ndarray) -> Problem:
-        """A video frame's problem: the frame as content, the styles prepared for it."""
+    def problem_for(self, index: int, frame: np.ndarray) -> Problem:
+        """A video frame's problem: the frame as content, the styles prepared for it, and
+        its own label image's regions when there is one per frame."""
         content, styles = color.prepare(frame, self.inputs.styles, self.spec.color)
-        return dataclasses.replace(self.problem, content=content, styles=styles)
+        regions = self.problem.regions
+        if self.labels and self.spec.inputs.masks is not None:
+            regions = load_regions(self.spec.inputs.masks, self.labels[index])
+        return dataclasses.replace(self.problem, content=content, styles=styles,
+                                   regions=regions)
 
     def start_image(self, index: int, frame: np.ndarray) -> np.ndarray:
         """Where an independent video frame starts: the configured init, seeded per frame."""
@@ -97,6 +104,8 @@ def prepare(plan: Plan) -> Job:
     if spec.determinism:
         tf.config.experimental.enable_op_determinism()
     tf.random.set_seed(spec.seed)
+    masks = spec.inputs.masks
+    labels = frame_labels(masks, clip) if masks is not None else ()
     inputs = load_inputs(spec, clip)
     content, styles = color.prepare(inputs.content, inputs.styles, spec.color)
     init = initial_image(spec.init, content, styles, np.random.default_rng(spec.seed))
@@ -115,10 +124,11 @@ def prepare(plan: Plan) -> Job:
     return Job(
         spec=spec, tile=plan.tile, inputs=inputs,
         problem=Problem(content, styles, blend, spec.loss,
-                        regions=load_regions(spec.inputs.masks) if spec.inputs.masks else ()),
+                        regions=load_regions(masks, labels[0] if labels else None)
+                        if masks else ()),
         init=init, network=network,
         precision=precision, weights_sha256=weights.sha256, quality=quality, clip=clip,
-        workspaces=workspaces)
+        labels=labels, workspaces=workspaces)
 
 
 class Warm:

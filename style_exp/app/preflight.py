@@ -124,11 +124,11 @@ def input_sizes(spec: RunSpec) -> InputSizes:
         side = spec.style_side
         return InputSizes(image_size(demo_photo_file()), ((side, side),) * inputs.demo_styles)
     styles = tuple(image_size(path) for path in inputs.styles)
+    clip = None if inputs.clip is None else open_clip(
+        inputs.content, spec.size, inputs.clip.stride, inputs.clip.max_frames, inputs.clip.fps)
     if inputs.masks is not None:
-        check_labels(inputs.masks)
-    if inputs.clip is not None:
-        clip = open_clip(inputs.content, spec.size, inputs.clip.stride, inputs.clip.max_frames,
-                         inputs.clip.fps)
+        check_labels(inputs.masks, clip)
+    if clip is not None:
         return InputSizes(clip.size, styles, video=True)
     return InputSizes(image_size(inputs.content), styles)
 

@@ -142,7 +142,7 @@ class MasksConfig:
     """Spatial control: a label image and a style, blend and weight per colour
     (``style_exp/spec/masks.py``)."""
 
-    content: str | None = None  # the label image; none: one style for the whole image
+    content: str | None = None  # label image, or a clip's folder of one per frame; none: no masks
     regions: list[Any] = field(default_factory=list)  # [{color:[R,G,B],style:...,weight:...}]
     feather: float = MaskSpec.feather  # px
 

@@ -41,7 +41,7 @@ is the weighted Gram sum_s b_s G_s; for mean_std and wasserstein the mixture's m
 (co)variance, which include the spread between the styles' means. With regions r
 (weights w_r; one region, the whole image, without masks), each region's moments are
 weighted by its mask and its target is its own blend; a region of weight 0 has no style
-term, so it keeps the photo.
+term, so it keeps the photo, and neither has a region with n = 0 (absent from a frame).
 """
 
 from __future__ import annotations
@@ -248,12 +248,22 @@ def style_term(image_moments: Sequence[dict[str, Moments]], targets: Targets,
     """w_s k sum_r w_r sum_l lambda_l d(T(M_rl), T*_rl), given the image's moments M_rl
     per region (as ``targets.style``) and layer."""
     statistic = style_statistic(weights.statistic)
-    values = [target.weight * lam * tf.cast(statistic.distance(
-                  statistic.of_image(region[layer]), target.statistics[layer]), tf.float32)
+    values = [target.weight * lam * region_distance(statistic, region[layer],
+                                                    target.statistics[layer])
               for target, region in zip(targets.style, image_moments, strict=True)
               for layer, lam in weights.style_layers.items()]
     total = tf.add_n(values) if values else tf.constant(0.0)
     return weights.style * weights.statistic.scale * total
+
+
+def region_distance(statistic: StyleStatistic, m: Moments, target: Statistic) -> tf.Tensor:
+    """d(T(M), T*) in float32; 0 for a region with no positions (absent from a frame's
+    label image), whose statistic is taken at n = 1 instead of 0/0: finite, so neither
+    the loss nor its gradient turns NaN, and a tensor test, so frames share one trace."""
+    present = m.count > 0
+    safe = Moments(tf.where(present, m.count, tf.ones_like(m.count)), m.total, m.outer)
+    distance = tf.cast(statistic.distance(statistic.of_image(safe), target), tf.float32)
+    return tf.where(present, distance, tf.zeros_like(distance))
 
 
 def loss_terms(features: dict[str, tf.Tensor], image: tf.Tensor, targets: Targets,

@@ -8,6 +8,11 @@ region of weight 0, keeps the photo. ``feather`` (px) blurs the regions' edges; 
 layer's mask then averages the pixels under each of its positions, exactly as VGG-19's
 2x2 "SAME" poolings group them, so edges are soft on the coarse layers anyway.
 
+A clip takes one label image, or a folder of them (``masks.content=DIR``): one per
+source frame, sorted and picked (``video.stride``, ``video.max_frames``) as the frames
+folder is, so label i belongs to frame i. A region may be absent from some frames (an
+all-zero mask there: the loss drops its term), not from all.
+
 No TensorFlow here: the preflight reads labels before TensorFlow loads.
 """
 
@@ -20,14 +25,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from style_exp.engine.images import load_image
+from style_exp.engine.images import image_size, load_image
+from style_exp.engine.videoio import Clip, frame_files
 from style_exp.spec.errors import UserError
 from style_exp.spec.masks import MaskSpec
 from style_exp.spec.settings import stride
 
 # Largest per-channel difference (0..255) at which a pixel still has a region's colour.
 COLOR_TOLERANCE = 48
-# A region covering fewer pixels than this fraction of the label image is "not present".
+# A region covering fewer pixels than this fraction of the label image is "not present"
+# (its mask is all zero: a sliver of a few stray pixels would be stylised on its own).
 MIN_AREA = 1e-3
 
 
@@ -50,6 +57,7 @@ def label_masks(labels: np.ndarray, colors: Sequence[Sequence[int]],
     nearest = difference.argmin(axis=-1)
     inside = difference.min(axis=-1) <= COLOR_TOLERANCE
     masks = [((nearest == index) & inside).astype(np.float32) for index in range(len(palette))]
+    masks = [mask if mask.mean() >= MIN_AREA else np.zeros_like(mask) for mask in masks]
     if feather > 0:
         masks = [cv2.GaussianBlur(mask, (0, 0), feather) for mask in masks]
     return masks
@@ -61,23 +69,47 @@ def missing_colors(labels: np.ndarray, colors: Sequence[Sequence[int]]) -> list[
             if mask.mean() < MIN_AREA]
 
 
-def check_labels(masks: MaskSpec) -> None:
-    """The label image reads and has every region's colour (before TensorFlow loads)."""
-    if Path(masks.content).is_dir():
-        raise UserError("a folder of label images (one per frame) is not supported: give one "
-                        "label image for the whole clip", "masks.content")
-    labels = load_image(masks.content)
+def frame_labels(masks: MaskSpec, clip: Clip | None) -> tuple[Path, ...]:
+    """The label image of each of the clip's frames when ``masks.content`` is a folder; ()
+    when it is one image (for a photo, or a whole clip)."""
+    folder = Path(masks.content)
+    if not folder.is_dir():
+        return ()
+    if clip is None:
+        raise UserError(f"a folder of label images ({folder}) is for a clip, and content is a "
+                        "photo", "masks.content", "give one label image for a photo")
+    files = frame_files(folder, "masks.content")
+    if len(files) != clip.available:
+        raise UserError(f"{len(files)} label images in {folder}, but the clip {clip.source} "
+                        f"has {clip.available} frames", "masks.content",
+                        "one label image per frame, before video.stride and video.max_frames")
+    return tuple(clip.chosen(files))
+
+
+def check_labels(masks: MaskSpec, clip: Clip | None = None) -> None:
+    """The label image (or each of the clip's per-frame ones) reads, and every region's
+    colour is in it (in at least one of them), before TensorFlow loads."""
+    files = frame_labels(masks, clip)
+    for path in files:
+        image_size(path)  # a broken label image fails here, not at its frame
     colors = [region.color for region in masks.regions]
-    for index in missing_colors(labels, colors):
-        raise UserError(f"colour {list(colors[index])} is not in the label image "
-                        f"{masks.content}", f"masks.regions[{index}].color",
-                        "use the RGB of one of its regions")
+    missing = set(range(len(colors)))
+    for path in files or (Path(masks.content),):
+        missing &= set(missing_colors(load_image(path), colors))
+        if not missing:
+            return
+    where = (f"any of the {len(files)} label images in {masks.content}" if files
+             else f"the label image {masks.content}")
+    index = min(missing)
+    raise UserError(f"colour {list(colors[index])} is not in {where}",
+                    f"masks.regions[{index}].color", "use the RGB of one of its regions")
 
 
-def load_regions(masks: MaskSpec) -> tuple[Region, ...]:
-    """The regions of a checked :class:`MaskSpec`, their masks at the label image's size."""
-    labels = load_image(masks.content)
-    found = label_masks(labels, [region.color for region in masks.regions], masks.feather)
+def load_regions(masks: MaskSpec, labels: str | Path | None = None) -> tuple[Region, ...]:
+    """The regions of a checked :class:`MaskSpec`, their masks at the label image's size,
+    from ``masks.content`` or, for a frame, its own label image ``labels``."""
+    found = label_masks(load_image(labels or masks.content),
+                        [region.color for region in masks.regions], masks.feather)
     return tuple(Region(mask, region.styles, region.blend, region.weight)
                  for mask, region in zip(found, masks.regions, strict=True))
 

@@ -40,8 +40,8 @@ STOP_CHECK_EVERY = 10
 class FrameMaker(Protocol):
     """What a clip's frames are made of and into: the caller's side of ``stylize_video``."""
 
-    def problem_for(self, frame: np.ndarray) -> Problem:
-        """The input frame's problem (content, styles, loss)."""
+    def problem_for(self, index: int, frame: np.ndarray) -> Problem:
+        """The input frame ``index``'s problem (content, styles, loss, its regions' masks)."""
         ...
 
     def output_image(self, image: np.ndarray, frame: np.ndarray) -> np.ndarray:
@@ -177,7 +177,7 @@ def stylize_video(
 ) -> list[Frame]:
     """Stylise each frame in turn; frames already in ``store`` are reused, not redone.
 
-    ``maker.problem_for(frame)`` is the frame's problem (content, styles, loss);
+    ``maker.problem_for(index, frame)`` is the frame's problem (content, styles, loss);
     ``maker.output_image(image, frame)`` turns an optimised image into the output frame;
     ``maker.start_image(index, frame)`` is where an independent frame starts.
     ``iterations`` is the run's step budget, which the first frame takes unless
@@ -240,7 +240,7 @@ def _stylize_frame(index: int, current: np.ndarray, previous: Frame | None, *,
                    motion: Motion | None, maker: FrameMaker, network: VGG19Features,
                    loop: LoopSettings, settings: VideoSettings, iterations: int,
                    workspace: Workspace) -> Frame:
-    problem = maker.problem_for(current)
+    problem = maker.problem_for(index, current)
     # The loss is read every STOP_CHECK_EVERY steps, for the stopping rule only.
     loop = dataclasses.replace(loop, log_every=STOP_CHECK_EVERY, checkpoint_every=0)
     warm = previous is not None and motion is not None and settings.init != "independent"

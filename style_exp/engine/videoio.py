@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import imageio_ffmpeg
 import numpy as np
@@ -27,6 +28,7 @@ FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DIRECTORY_FPS = 25.0  # a directory of frames carries no frame rate
 PREVIEW_SIDE = 256
 PREVIEW_MAX_FRAMES = 120
+ItemT = TypeVar("ItemT")
 
 
 class VideoError(UserError):
@@ -50,15 +52,22 @@ class Clip:
     has_audio: bool
     stride: int = 1
     frame_files: tuple[Path, ...] = ()  # for a directory of frames
+    available: int = 0  # frames in the source, before stride and max_frames
 
     def frames(self) -> Iterator[np.ndarray]:
         """The frames as RGB float32 0..255 at ``size``, read one at a time."""
         raw = (self._directory_frames() if self.frame_files else self._video_frames())
-        for index, frame in enumerate(raw):
+        for frame in self.chosen(raw):
+            yield resize(frame, self.size)
+
+    def chosen(self, items: Iterable[ItemT]) -> Iterator[ItemT]:
+        """Of one item per source frame, those of the frames read (stride, max_frames):
+        how the frames are picked, and a per-frame label image with them."""
+        for index, item in enumerate(items):
             if index >= self.count * self.stride:
                 return
             if index % self.stride == 0:
-                yield resize(frame, self.size)
+                yield item
 
     def _directory_frames(self) -> Iterator[np.ndarray]:
         for path in self.frame_files:
@@ -79,7 +88,7 @@ def open_clip(path: str | os.PathLike, longest_side: int, stride: int = 1,
     """Check a clip and describe what will be read; ``max_frames=0`` means all."""
     path = Path(path)
     if path.is_dir():
-        files = _frame_files(path)
+        files = frame_files(path)
         source_size, source_fps, available, audio = _image_size(files), DIRECTORY_FPS, \
             len(files), False
     elif path.is_file():
@@ -91,7 +100,7 @@ def open_clip(path: str | os.PathLike, longest_side: int, stride: int = 1,
     if max_frames:
         count = min(count, max_frames)
     return Clip(path, count, fps or source_fps / stride, even_size(source_size, longest_side),
-                audio, stride, tuple(files))
+                audio, stride, tuple(files), available)
 
 
 def even_size(size: tuple[int, int], longest_side: int) -> tuple[int, int]:
@@ -104,12 +113,14 @@ def even_size(size: tuple[int, int], longest_side: int) -> tuple[int, int]:
     return (max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2)))
 
 
-def _frame_files(directory: Path) -> list[Path]:
-    """The directory's images in natural order (frame2 before frame10)."""
+def frame_files(directory: Path, key: str = "") -> list[Path]:
+    """The directory's images in natural order (frame2 before frame10): a clip's frames,
+    and a per-frame label folder's images (``key`` names its config key in errors)."""
     files = [p for p in directory.iterdir() if p.suffix.lower() in FRAME_SUFFIXES]
     if not files:
-        raise VideoError(f"frames directory has no images (looked for {', '.join(FRAME_SUFFIXES)})",
-                         str(directory))
+        what = f"folder {directory} has no images" if key else "frames directory has no images"
+        raise VideoError(f"{what} (looked for {', '.join(FRAME_SUFFIXES)})",
+                         key or str(directory))
 
     def natural(path: Path) -> list[object]:
         return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]

@@ -6,7 +6,8 @@
 Each region is one colour of the label image; its keys are ``color`` (RGB, 0..255),
 ``style`` (a path or a list; default: the run's ``style``), ``style_weights`` (its blend;
 default equal, or the run's when it takes the run's styles) and ``weight`` (default 1;
-0 keeps the photo there). ``masks.feather`` (px) softens the regions' edges. Checked
+0 keeps the photo there). ``masks.feather`` (px) softens the regions' edges. For a clip,
+``masks.content`` may be a folder with a label image per frame. Checked
 here (keys, values) and in the preflight (the label file, its colours); the engine's
 ``masks.py`` makes the masks.
 """
@@ -36,7 +37,8 @@ class RegionSpec:
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """The label image (one for a whole clip) and its regions."""
+    """The label image (for a photo or a whole clip; a clip's folder: one per frame) and
+    its regions."""
 
     content: str
     regions: tuple[RegionSpec, ...]
