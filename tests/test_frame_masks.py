@@ -13,7 +13,7 @@ from style_exp.engine.masks import Region, frame_labels, label_masks
 from style_exp.engine.objective import Problem, build_network
 from style_exp.engine.vgg import VGG19Features
 from style_exp.engine.video import FrameStore, stylize_video
-from style_exp.engine.videoio import open_clip
+from style_exp.engine.videoio import open_clip, write_video
 from style_exp.spec.errors import UserError
 from style_exp.spec.loss import STYLE_STATISTICS, LossSettings, LossWeights
 from style_exp.spec.masks import MaskSpec, RegionSpec
@@ -102,7 +102,8 @@ def test_the_flow_warm_start_takes_each_frames_own_masks(compose_config, tmp_pat
 
 
 def test_label_files_pair_with_frames_by_the_frames_rule(tmp_path):
-    """Natural order (l2 before l10) and the clip's stride and frame limit, as the frames."""
+    """Natural order (l2 before l10) and the clip's stride and frame limit, as the frames;
+    a video file's frame count."""
     names = [f"l{index}.png" for index in (0, 1, 2, 10, 11)]  # "l10" < "l2" as text
     frames, masks = write_clip(tmp_path, ["left"] * 5, names)
     spec = MaskSpec(str(masks), (RegionSpec(RED, (0,), (1.0,), 1.0),))
@@ -110,6 +111,8 @@ def test_label_files_pair_with_frames_by_the_frames_rule(tmp_path):
     assert [path.name for path in frame_labels(spec, clip)] == ["l0.png", "l2.png"]
     assert [path.name for path in frame_labels(spec, open_clip(frames, WIDTH, stride=2))] == \
         ["l0.png", "l2.png", "l11.png"]
+    movie = write_video([gradient_image(HEIGHT, WIDTH)] * 5, tmp_path / "clip.mp4", fps=5)
+    assert len(frame_labels(spec, open_clip(movie, WIDTH))) == 5  # a video file's frames
 
 
 def test_a_label_folder_is_checked_before_the_run(parse_config, tmp_path):
