@@ -24,6 +24,12 @@ def test_run_names_say_what_the_run_is_and_what_differs(parse_config):
     # a batch of photos sweeps the content: the name starts with the photo already
     assert name(["content=p/lake.jpg", "style=a.jpg"], {"content": "p/lake.jpg", "seed": "1"}) \
         == "lake x a · seed=1"
+    # a search samples floats: names carry 4 digits, short values and words stay as typed
+    assert name(["content=t.jpg", "style=a.jpg"],
+                {"stop.tolerance": "0.02511949870636483", "loss.tv_weight": "1e-05",
+                 "optimizer": "adam", "scales": "[128,256]", "seed": "12345678901"}) == \
+        "t x a · tolerance=0.02512, tv_weight=1e-05, optimizer=adam, scales=[128,256], " \
+        "seed=12345678901"
 
 
 def test_short_keys_stay_apart_when_their_last_parts_clash():

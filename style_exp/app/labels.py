@@ -35,7 +35,17 @@ def short_keys(keys: list[str]) -> dict[str, str]:
 def swept_text(values: Mapping[str, str]) -> str:
     """``style_weight=5000, seed=1``: the values that set one run of a sweep apart."""
     names = short_keys(list(values))
-    return ", ".join(f"{names[key]}={value}" for key, value in values.items())
+    return ", ".join(f"{names[key]}={_short(value)}" for key, value in values.items())
+
+
+def _short(value: str) -> str:
+    """A search's sampled float to 4 significant digits (``0.02511949870636483`` ->
+    ``0.02512``): the name tells runs apart, the run's params keep the exact value."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.4g}" if len(value) > 8 and "." in value else value
 
 
 def run_name(inputs: Inputs, swept: Mapping[str, str] | None = None) -> str:
