@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -46,6 +47,7 @@ from style_exp.cluster import server
 from style_exp.engine import video
 from style_exp.engine.videoio import write_video
 from style_exp.engine.weights import default_cache_dir
+from style_exp.spec.search import STUDY_STORAGE_ENV, masked
 from style_exp.spec.settings import ConfigError
 
 CLUSTER_EXPERIMENT = "cluster"
@@ -89,6 +91,14 @@ class Server:
     @property
     def password(self) -> str:
         return self.env["MLFLOW_TRACKING_PASSWORD"]
+
+    @property
+    def study_storage(self) -> str:
+        return self.env[STUDY_STORAGE_ENV]
+
+    @property
+    def study_password(self) -> str:
+        return urlsplit(self.study_storage).password
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -299,22 +309,31 @@ def test_ray_sweep_finishes_every_job_on_the_team_server(client_env, ray_head, r
 
 
 def test_no_credential_in_any_output_or_record(client_env, ray_sweep, tmp_path):
+    """Neither the admin's password nor the study database's (client.env's, which the
+    Ray preset forwards to the workers and Ray's launcher logs) shows anywhere."""
     done, root = ray_sweep
-    password = client_env.password
-    assert password not in client_env.console
-    assert password not in done.stdout + done.stderr
-    for path in root.rglob("*"):  # sweep dir: multirun.yaml, .hydra/, run logs
-        if path.is_file() and path.suffix in (".yaml", ".log", ".txt", ".json"):
-            assert password not in path.read_text(errors="replace"), path
+    for password in (client_env.password, client_env.study_password):
+        assert password not in client_env.console
+        assert password not in done.stdout + done.stderr
+        for path in root.rglob("*"):  # sweep dir: multirun.yaml, .hydra/, run logs
+            if path.is_file() and path.suffix in (".yaml", ".log", ".txt", ".json"):
+                assert password not in path.read_text(errors="replace"), path
     client, runs = experiment_runs(client_env.url)
     for run in runs:
-        assert password not in json.dumps([run.data.params, run.data.tags])
-        target = tmp_path / run.info.run_id
-        target.mkdir()
-        downloaded = Path(client.download_artifacts(run.info.run_id, "", str(target)))
-        for path in downloaded.rglob("*"):
-            if path.is_file() and path.suffix in (".yaml", ".txt", ".json"):
-                assert password not in path.read_text(errors="replace"), path
+        assert_no_secret_in_run(client, run, client_env, tmp_path)
+
+
+def assert_no_secret_in_run(client: MlflowClient, run, served: Server, folder: Path) -> None:
+    """No password of the server's in the run's params, tags or text artifacts."""
+    passwords = (served.password, served.study_password)
+    assert not any(p in json.dumps([run.data.params, run.data.tags]) for p in passwords)
+    target = folder / run.info.run_id
+    target.mkdir()
+    downloaded = Path(client.download_artifacts(run.info.run_id, "", str(target)))
+    for path in downloaded.rglob("*"):
+        if path.is_file() and path.suffix in (".yaml", ".txt", ".json"):
+            text = path.read_text(errors="replace")
+            assert not any(p in text for p in passwords), path
 
 
 def test_compare_and_reproduce_work_against_the_server(client_env, ray_sweep, tmp_path):
@@ -437,7 +456,11 @@ def test_server_uses_and_remembers_an_existing_database(team_server, monkeypatch
         state = server.start(second, server.LOOPBACK, 0, server.LOOPBACK, backend_store_uri)
         try:
             assert state["postgres_pid"] is None and not (second / "postgres").exists()
-            for name, value in read_env_file(second / "client.env").items():
+            given = read_env_file(second / "client.env")
+            assert STUDY_STORAGE_ENV not in given  # not our database: no study database
+            assert "no study database made: --backend-store-uri" in server.report_start(
+                second, state)
+            for name, value in given.items():
                 monkeypatch.setenv(name, value)
             client = MlflowClient(state["url"])
             if backend_store_uri:
@@ -472,6 +495,60 @@ def test_postgres_takes_another_port_when_its_port_was_taken(monkeypatch):
         shutil.rmtree(base, ignore_errors=True)
 
 
+def connects(storage: str, database: str) -> bool:
+    """Whether ``storage``'s role and password open ``database`` on its PostgreSQL."""
+    import psycopg2
+
+    parts = urlsplit(storage)
+    try:
+        psycopg2.connect(host=parts.hostname, port=parts.port, user=parts.username,
+                         password=parts.password, dbname=database, connect_timeout=10).close()
+    except psycopg2.OperationalError:
+        return False
+    return True
+
+
+def test_the_study_database_is_made_for_its_own_role_only(team_server):
+    """client.env names the study database on the server's PostgreSQL; its password
+    (every search worker holds it) opens that database and not MLflow's."""
+    keys = json.loads((team_server.directory / "secrets.json").read_text())
+    state = json.loads((team_server.directory / "server.json").read_text())
+    assert team_server.study_storage == (
+        f"postgresql+psycopg2://{server.STUDY_USER}:{keys['study_password']}@"
+        f"{state['db_address']}/{server.STUDY_DB}")
+    assert len({keys["study_password"], keys["db_password"], keys["admin_password"]}) == 3
+    assert connects(team_server.study_storage, server.STUDY_DB)
+    assert not any(connects(team_server.study_storage, name) for name in server.DATABASES)
+    assert f"{STUDY_STORAGE_ENV} in client.env" in team_server.console
+    assert team_server.study_password not in team_server.console
+
+
+def test_an_older_dir_gets_its_study_database_on_its_next_start_and_keeps_it():
+    """A DIR from before the study database (secrets.json without its password) gets one
+    on its next start; later starts make nothing twice and keep the password."""
+    base = private_base("style_exp_old_")
+    try:
+        layout = server.prepare_dir(base / "srv")
+        old = {name: secrets.token_urlsafe(8) for name in server.SECRET_KEYS[:3]}
+        server.write_private(layout.secrets, json.dumps(old))
+        keys = server.load_secrets(layout)
+        assert keys.items() > old.items() and keys["study_password"]
+        assert server.load_secrets(layout) == keys  # kept from now on
+        assert layout.secrets.stat().st_mode & 0o777 == 0o600
+        server.init_cluster(layout, keys["db_password"])
+        pid, port = server.start_postgres(layout, server.LOOPBACK)
+        try:
+            storage = server.local_database_uri(port, keys["study_password"], server.STUDY_DB,
+                                                server.STUDY_USER)
+            for _ in range(2):  # the first start after the upgrade, then a restart
+                server.create_databases(port, keys["db_password"], keys["study_password"])
+                assert connects(storage, server.STUDY_DB)
+        finally:
+            server.stop_postgres(layout.postgres, pid)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--port", "70000"], "--port 70000: not a TCP port"),
     (["--backend-store-uri", "mysql://u:secret@db/x"], "--backend-store-uri must be postgresql"),
@@ -492,6 +569,21 @@ def test_tracking_uri_with_a_password_is_refused():
     with pytest.raises(ConfigError, match="must not contain a password"):
         parse.without_credentials("http://admin:hunter2@127.0.0.1:5000")
     assert parse.without_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_the_ray_preset_forwards_the_study_storage_and_its_log_hides_the_password(
+        monkeypatch, tmp_path):
+    import logging
+
+    from style_exp.cluster.launchers import RedactSecrets, worker_env
+
+    storage = "postgresql+psycopg2://optuna:s3cret-pw@db.lan:5432/optuna"
+    monkeypatch.setenv(STUDY_STORAGE_ENV, storage)
+    assert worker_env(str(tmp_path), ["seed=0,1"], None)[STUDY_STORAGE_ENV] == storage
+    record = logging.LogRecord("ray", logging.INFO, __file__, 1, "Initializing ray with "
+                               "config: %s", ({"env_vars": {STUDY_STORAGE_ENV: storage}},), None)
+    assert RedactSecrets().filter(record)
+    assert "s3cret-pw" not in record.getMessage() and "optuna:***@db.lan" in record.getMessage()
 
 
 def test_launcher_presets_compose_from_the_readme_commands():
@@ -551,3 +643,52 @@ def test_a_search_runs_its_trials_on_ray_against_one_sqlite_study(ray_head, tmp_
         metrics = by_trial[trial.number].data.metrics
         assert trial.values == [pytest.approx(metrics["quality/content_distance"]),
                                 pytest.approx(metrics["quality/style_distance"])]
+
+
+def test_a_search_keeps_its_study_on_the_team_server(client_env, tmp_path, weights):
+    """With only client.env's variables (no search.storage), a search's study is created in
+    the server's PostgreSQL and its trials' runs on the server name it trial by trial; the
+    same command again resumes it (nothing run twice), as does one that gives
+    search.storage itself with more trials; no password is shown or recorded."""
+    import optuna
+
+    team_server = client_env  # this process reads the server's runs too
+    photo = write_image(tmp_path / "photo.png", gradient_image(40, 56))
+    painting = write_image(tmp_path / "painting.jpg", stripes_image(48, 48))
+    shell = {k: v for k, v in cli_env().items()
+             if not k.startswith("MLFLOW_TRACKING_") and k != STUDY_STORAGE_ENV}
+    command = ["-m", "hydra/sweeper=optuna", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+               "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler=random", "hydra.sweeper.seed=0",
+               "loss.style_weight=tag(log, interval(50, 5000))", f"content={photo}",
+               f"style={painting}", *TINY, "tracking.experiment=search"]
+    given = {k: v for k, v in team_server.env.items() if k != STUDY_STORAGE_ENV}
+    done = [run_sweep([*command, *args, f"hydra.sweep.dir={tmp_path / f'sweep{index}'}"],
+                      tmp_path, {**shell, **env}, timeout=400)
+            for index, (args, env) in enumerate([
+                (["hydra.sweeper.n_trials=2"], team_server.env),
+                (["hydra.sweeper.n_trials=2"], team_server.env),  # the same command again
+                (["hydra.sweeper.n_trials=3", f"search.storage={team_server.study_storage}"],
+                 given)])]
+    for sweep in done:
+        assert sweep.returncode == 0, sweep.stderr[-3000:]
+        for password in (team_server.password, team_server.study_password):
+            assert password not in sweep.stdout + sweep.stderr
+    (summary,) = optuna.get_all_study_summaries(team_server.study_storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=team_server.study_storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert f"Study {study.study_name}: 2 trials, 2 complete" in done[1].stdout
+    assert "optuna:***@" in done[2].stdout
+    client, runs = experiment_runs(team_server.url, "search")
+    (study_run,) = [r for r in runs if r.data.tags.get("style_exp.kind") == "study"]
+    trial_runs = {int(r.data.tags["style_exp.trial"]): r for r in runs
+                  if "style_exp.trial" in r.data.tags}
+    assert sorted(trial_runs) == [0, 1, 2] and len(runs) == 4
+    for trial in study.trials:
+        run = trial_runs[trial.number]
+        assert run.data.tags["style_exp.study"] == study.study_name
+        assert run.data.tags["mlflow.parentRunId"] == study_run.info.run_id
+        assert trial.values == [pytest.approx(run.data.metrics["quality/content_distance"]),
+                                pytest.approx(run.data.metrics["quality/style_distance"])]
+    assert study_run.data.tags["style_exp.study_storage"] == masked(team_server.study_storage)
+    for run in runs:
+        assert_no_secret_in_run(client, run, team_server, tmp_path)

@@ -24,6 +24,7 @@ from style_exp.app import compare
 from style_exp.app.pareto import non_dominated
 from style_exp.app.search import distribution, search_space, trial_overrides
 from style_exp.app.study import STORAGE_FILE, study_storage
+from style_exp.spec.search import STUDY_STORAGE_ENV, masked
 from style_exp.spec.settings import ConfigError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -57,13 +58,41 @@ def test_the_command_line_wins_over_the_presets_params_and_the_rest_goes_to_ever
     assert fixed == ["size=64"]
 
 
-def test_the_study_lives_beside_a_sqlite_store_and_elsewhere_where_it_is_told():
-    assert study_storage(None, "sqlite:////data/runs/mlflow.db") == \
-        f"sqlite:////data/runs/{STORAGE_FILE}"
-    assert study_storage("postgresql+psycopg2://u@h/optuna", "http://x") == \
-        "postgresql+psycopg2://u@h/optuna"
-    with pytest.raises(ConfigError, match="search.storage"):
-        study_storage(None, "http://127.0.0.1:5000")
+def test_the_study_lives_where_it_is_told_else_on_the_team_server_else_beside_sqlite():
+    """search.storage > $STYLE_EXP_STUDY_STORAGE (client.env) > beside a SQLite store."""
+    sqlite, server = "sqlite:////data/runs/mlflow.db", "http://127.0.0.1:5000"
+    team = {STUDY_STORAGE_ENV: "postgresql+psycopg2://optuna:pw@10.0.0.1:5432/optuna"}
+    given = "postgresql+psycopg2://u@h/optuna"
+    assert study_storage(None, sqlite, {}) == f"sqlite:////data/runs/{STORAGE_FILE}"
+    assert study_storage(given, server, {}) == given
+    assert study_storage(given, server, team) == given
+    assert study_storage(None, server, team) == team[STUDY_STORAGE_ENV]
+    assert study_storage(None, sqlite, team) == team[STUDY_STORAGE_ENV]
+    assert study_storage(None, sqlite, {STUDY_STORAGE_ENV: ""}).endswith(STORAGE_FILE)
+
+
+def test_a_search_on_a_server_without_a_study_database_stops_in_one_line(tmp_path):
+    """Before any run, and saying both ways to give the study a database."""
+    with pytest.raises(ConfigError, match="search.storage") as error:
+        study_storage(None, "http://127.0.0.1:5000", {})
+    assert STUDY_STORAGE_ENV in str(error.value)
+    done = subprocess.run(
+        [sys.executable, str(PROJECT / "run.py"), *_search(tmp_path, "http://127.0.0.1:9"),
+         "loss.style_weight=interval(50, 5000)"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=120, env={k: v for k, v in cli_env().items()
+                                     if k != STUDY_STORAGE_ENV})
+    assert done.returncode == 2, done.stderr[-2000:]
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("error: the tracking store http://127.0.0.1:9 is not a local "
+                            "SQLite file") and STUDY_STORAGE_ENV in first, done.stderr
+    assert "search.storage" in first and not (tmp_path / "runs" / "multirun").exists()
+
+
+def test_a_password_in_a_study_uri_is_masked():
+    assert masked("postgresql+psycopg2://optuna:s3cr-t_@db.lan:5432/optuna?sslmode=require") \
+        == "postgresql+psycopg2://optuna:***@db.lan:5432/optuna?sslmode=require"
+    for plain in ("sqlite:////runs/optuna.db", "postgresql://optuna@db/optuna"):
+        assert masked(plain) == plain
 
 
 @pytest.mark.parametrize("preset", sorted(

@@ -9,15 +9,17 @@ The override grammar is that of Hydra's Optuna sweeper plugin: ``interval(a, b)`
 ``n_jobs`` at a time and launched as one batch through the configured launcher; each
 job's values (``sweeps.JobOutcome.metrics``: the run's final quality distances and its
 time) are told to the study, a job that failed as FAIL, a pruned one as PRUNED. The
-study is kept beside the MLflow store (``study.study_storage``) under a name derived
-from the command line, so the same command again resumes it; ``search.repeats=N``
-runs each trial with N seeds and tells their mean. The plugin entry point is
+study is kept where ``study.study_storage`` says (``search.storage``, the team server's
+database, or beside a SQLite MLflow store) under a name derived from the command line,
+so the same command again resumes it; ``search.repeats=N`` runs each trial with N seeds
+and tells their mean. The plugin entry point is
 ``hydra_plugins/style_exp_search``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +40,7 @@ from style_exp.app.parse import without_credentials
 from style_exp.app.schema import TrackingConfig, default_tracking_uri, settings_from
 from style_exp.app.sweeps import JobOutcome, command_digest
 from style_exp.spec.metrics import CONTENT_DISTANCE, STYLE_DISTANCE
-from style_exp.spec.search import SearchSettings
+from style_exp.spec.search import STUDY_STORAGE_ENV, SearchSettings, masked
 from style_exp.spec.settings import ConfigError, check_choice
 
 TARGET = "hydra_plugins.style_exp_search.optuna_sweeper.OptunaSweeper"
@@ -116,7 +118,17 @@ class SearchSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
+        from style_exp.app.study import study_storage
+
         self.config, self.hydra_context = config, hydra_context
+        self.search = settings_from(config.search, SearchSettings)
+        self.search.check("search.")
+        self.uri = without_credentials(config.tracking.uri) or default_tracking_uri()
+        # Derived once, before any job: the trials read it from the environment (a Ray
+        # launcher's workers get theirs when the launcher is made, below), never from an
+        # override, which Hydra prints and each run records.
+        self.storage = study_storage(self.search.storage, self.uri)
+        os.environ[STUDY_STORAGE_ENV] = self.storage
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
@@ -132,20 +144,21 @@ class SearchSweeper(Sweeper):
         check_choice("hydra.sweeper.sampler", s.sampler, SAMPLERS)
         check_choice("hydra.sweeper.pruner", s.pruner, studies.PRUNERS)
         space, fixed = search_space(arguments, s.params)
-        search = settings_from(self.config.search, SearchSettings)
-        search.check("search.")
-        uri = without_credentials(self.config.tracking.uri) or default_tracking_uri()
+        search, uri = self.search, self.uri
         experiment = self.config.tracking.experiment
         name = search.study or "search-" + command_digest(
             [*(line for line in fixed if not line.startswith(NOT_IN_NAME)),
              *(f"{key}={value!r}" for key, value in sorted(space.items())),
              f"objectives={list(s.objectives)}", f"directions={directions}"])
+        fixed = [line for line in fixed if not line.startswith("search.storage=")]
         if not search.study:
             fixed.append(f"search.study={name}")
         with studies.quiet_optuna():
-            study = self._study(studies, search, uri, name, directions)
+            study = self._study(studies, name, directions)
+        shown = [f"search.storage={masked(self.storage)}" if line.startswith("search.storage=")
+                 else line for line in arguments]
         run_id = studies.study_run(uri, experiment, study,
-                                   f"Optuna study {name}: {' '.join(arguments)}")
+                                   f"Optuna study {name}: {' '.join(shown)}", self.storage)
         returns = self._run_trials(study, space, fixed, search.repeats)
         with studies.quiet_optuna():
             runs = studies.trial_runs(uri, experiment, name)
@@ -153,17 +166,16 @@ class SearchSweeper(Sweeper):
         from mlflow.tracking import MlflowClient
 
         MlflowClient(uri).set_terminated(run_id)
-        print(search_summary(study, s.objectives, runs, self.config.tracking.uri, experiment),
-              flush=True)
+        print(search_summary(study, s.objectives, runs, self.config.tracking.uri, experiment,
+                             self.storage), flush=True)
         return returns
 
-    def _study(self, studies: Any, search: SearchSettings, uri: str, name: str,
-               directions: list[str]) -> Any:
+    def _study(self, studies: Any, name: str, directions: list[str]) -> Any:
         """The study, created or loaded; trials an earlier sweep left RUNNING (it was
         killed) are FAIL, and their params asked again first."""
         import optuna
 
-        storage = studies.rdb_storage(studies.study_storage(search.storage, uri))
+        storage = studies.rdb_storage(self.storage)
         study = optuna.create_study(storage=storage, study_name=name, directions=directions,
                                     sampler=self._sampler(), load_if_exists=True)
         if [d.name.lower() for d in study.directions] != directions:
@@ -251,15 +263,15 @@ class SearchSweeper(Sweeper):
 
 
 def search_summary(study: Any, objectives: Sequence[str], runs: dict[int, list[Any]],
-                   given_uri: str | None, experiment: str) -> str:
-    """The study's counts, and each best trial: its values, params, runs and the command
-    that reproduces each run."""
+                   given_uri: str | None, experiment: str, storage: str) -> str:
+    """The study's counts and where it is kept (``storage``, its password masked), and
+    each best trial: its values, params, runs and the command that reproduces each run."""
     from style_exp.app.study import best_trials
 
     states = [t.state.name for t in study.trials]
     lines = [f"Study {study.study_name}: {len(states)} trials, " + ", ".join(
         f"{states.count(state)} {state.lower()}" for state in ("COMPLETE", "PRUNED", "FAIL")
-        if states.count(state))]
+        if states.count(state)), f"  kept in    {masked(storage)}"]
     best = best_trials(study)
     if not best:
         lines.append("  best trial: none (no trial completed and met the constraints)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,11 +26,12 @@ from mlflow.tracking import MlflowClient
 
 from style_exp.app.runs import liveness_tags
 from style_exp.app.tracking import active, experiment_id
-from style_exp.spec.search import SearchSettings
+from style_exp.spec.search import STUDY_STORAGE_ENV, SearchSettings, masked
 from style_exp.spec.settings import ConfigError
 
 KIND_TAG, STUDY_TAG, TRIAL_TAG = "style_exp.kind", "style_exp.study", "style_exp.trial"
 REPEAT_TAG, PRUNED_TAG = "style_exp.repeat", "style_exp.pruned"
+STORAGE_TAG = "style_exp.study_storage"  # the study run's: where the study is kept
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's UI nests a trial's run under its study's
 STORAGE_FILE = "optuna.db"  # beside a SQLite tracking store's mlflow.db
 PRUNERS = ("none", "median", "halving")
@@ -39,17 +41,21 @@ CONSTRAINTS_ATTR = "constraints"  # a trial's: each constraint's value, <= 0 whe
 SQLITE_TIMEOUT_S = 120  # jobs of one study write to one SQLite file at once
 
 
-def study_storage(given: str | None, tracking_uri: str) -> str:
-    """Where the study lives: ``search.storage``, else an SQLite file beside a SQLite
-    tracking store (a server's database is not ours to add tables to)."""
+def study_storage(given: str | None, tracking_uri: str,
+                  environ: Mapping[str, str] = os.environ) -> str:
+    """Where the study lives: ``search.storage``, else ``$STYLE_EXP_STUDY_STORAGE`` (the team
+    server's ``client.env`` names its study database), else an SQLite file beside a SQLite
+    tracking store; any other store has no database of ours to put the study in."""
     if given:
         return given
+    if environ.get(STUDY_STORAGE_ENV):
+        return environ[STUDY_STORAGE_ENV]
     if tracking_uri.startswith("sqlite:///"):
         return f"sqlite:///{Path(tracking_uri.removeprefix('sqlite:///')).parent / STORAGE_FILE}"
     raise ConfigError(f"the tracking store {tracking_uri} is not a local SQLite file, so the "
-                      "study needs a database every job reaches", "search.storage",
-                      "e.g. search.storage=postgresql+psycopg2://USER@HOST:PORT/optuna (the "
-                      "team server's PostgreSQL)")
+                      f"study needs a database every job reaches: set {STUDY_STORAGE_ENV} "
+                      "or search.storage", "search.storage",
+                      "the team server's client.env sets it: set -a; . DIR/client.env; set +a")
 
 
 def rdb_storage(url: str) -> Any:
@@ -137,10 +143,11 @@ class TrialJudge:
         return self.pruned
 
 
-def study_run(tracking_uri: str, experiment: str, study: Any,
-              description: str) -> str:
+def study_run(tracking_uri: str, experiment: str, study: Any, description: str,
+              storage: str) -> str:
     """The study's MLflow run, created on its first sweep and running again on a resumed
-    one; its id is kept in the study so the trials' runs name it as their parent."""
+    one; its id is kept in the study so the trials' runs name it as their parent. It
+    names the study's ``storage`` (password masked: the run is shown to every reader)."""
     client = MlflowClient(tracking_uri)
     experiment_key = experiment_id(tracking_uri, experiment)
     found = client.search_runs(
@@ -156,6 +163,7 @@ def study_run(tracking_uri: str, experiment: str, study: Any,
             experiment_key, run_name=f"study {study.study_name}",
             tags={KIND_TAG: "study", STUDY_TAG: study.study_name,
                   "mlflow.note.content": description, **liveness_tags()}).info.run_id
+    client.set_tag(run_id, STORAGE_TAG, masked(storage))
     study.set_user_attr(RUN_ATTR, run_id)
     return run_id
 

@@ -15,19 +15,22 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.config_source import ConfigLoadError
 from omegaconf import OmegaConf
 
 from style_exp.app.sweeps import SWEEP_ENV, identify
+from style_exp.spec.search import STUDY_STORAGE_ENV
 
 # Driver environment variables a worker needs: where and as whom to log, the weights
-# cache, and how much TensorFlow may print.
+# cache, how much TensorFlow may print, and where a search's study is kept.
 FORWARDED = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
              "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_SERVER_CERT_PATH", "STYLE_EXP_CACHE",
-             "TF_CPP_MIN_LOG_LEVEL")
+             "TF_CPP_MIN_LOG_LEVEL", STUDY_STORAGE_ENV)
 SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+SECRET_URIS = (STUDY_STORAGE_ENV,)  # the password inside the URI is the secret
 RAY_LAUNCHER_LOGGER = "hydra_plugins.hydra_ray_launcher._launcher_util"  # logs ray.init's config
 PRESETS = Path(__file__).resolve().parent / "presets"  # <plugin preset name>.yaml
 
@@ -80,9 +83,10 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        for name in SECRETS:
-            if os.environ.get(name):
-                message = message.replace(os.environ[name], "***")
+        secrets = [os.environ.get(name) for name in SECRETS] + [
+            urlsplit(os.environ.get(name, "")).password for name in SECRET_URIS]
+        for secret in (value for value in secrets if value):
+            message = message.replace(secret, "***")
         record.msg, record.args = message, ()
         return True
 

@@ -8,8 +8,10 @@
 database ``--backend-store-uri`` names), starts it and ``mlflow server`` on it with
 proxied artifacts (``DIR/artifacts``: workers need no shared disk) and MLflow's
 basic-auth app, whose admin password is generated on first start and kept in
-``DIR/secrets.json``. It returns once the server answers an authenticated request, and
-writes ``DIR/client.env`` (mode 0600) for clients. ``--port 0`` lets the server bind a
+``DIR/secrets.json``. Its PostgreSQL also holds Optuna's studies: database ``optuna``,
+owned by a role of its own (password also in ``secrets.json``), which searches find
+through ``STYLE_EXP_STUDY_STORAGE``. It returns once the server answers an authenticated
+request, and writes ``DIR/client.env`` (mode 0600) for clients. ``--port 0`` lets the server bind a
 free port itself (no other process can take it between a probe and the bind); the
 port it got is read back from its log and written to ``client.env`` and ``server.json``.
 ``stop`` ends what ``start`` started, by the process ids it recorded in ``DIR/server.json``.
@@ -37,9 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from style_exp.spec.search import STUDY_STORAGE_ENV, masked
+
 ADMIN = "admin"
 DB_USER = "style_exp"
 DATABASES = ("mlflow", "mlflow_auth")  # tracking store, user store
+# Optuna's studies: a database of their own, owned by a role of their own, whose password
+# every search worker gets (client.env) and which reaches nothing else.
+STUDY_DB = STUDY_USER = "optuna"
+SECRET_KEYS = ("admin_password", "db_password", "flask_secret_key", "study_password")
 LOOPBACK = "127.0.0.1"
 WAIT_S = 180.0
 AUTH_CACHE_TTL_S = 60  # without it each request re-hashes the password (~0.45 s)
@@ -99,13 +107,14 @@ def write_private(path: Path, text: str) -> Path:
 
 
 def load_secrets(layout: Layout) -> dict[str, str]:
-    """The admin and database passwords and Flask's key: made on first start, then kept."""
-    if layout.secrets.is_file():
-        return json.loads(layout.secrets.read_text())
-    made = {name: secrets.token_urlsafe(24)
-            for name in ("admin_password", "db_password", "flask_secret_key")}
-    write_private(layout.secrets, json.dumps(made, indent=1))
-    return made
+    """The admin, database and study passwords and Flask's key: made on first start, then
+    kept (one a DIR from an older version lacks is made on its next start)."""
+    kept = json.loads(layout.secrets.read_text()) if layout.secrets.is_file() else {}
+    made = {name: secrets.token_urlsafe(24) for name in SECRET_KEYS if name not in kept}
+    if made:
+        kept.update(made)
+        write_private(layout.secrets, json.dumps(kept, indent=1))
+    return kept
 
 
 def free_port(host: str) -> int:
@@ -238,8 +247,13 @@ def allow_remote_clients(layout: Layout, listen: str) -> None:
             handle.write(line)
 
 
-def create_databases(port: int, password: str) -> None:
-    """The tracking and user-store databases, if they are not there yet."""
+def create_databases(port: int, password: str, study_password: str) -> None:
+    """The tracking and user-store databases and the study database with its role, if
+    they are not there yet; the role's password is (re)set to ``study_password``.
+
+    Only the role that owns them may connect to each (no PUBLIC grant): the study's
+    password, which every search worker holds, opens the study database and no other.
+    """
     import psycopg2
 
     connection = psycopg2.connect(host=LOOPBACK, port=port, user=DB_USER, password=password,
@@ -247,10 +261,15 @@ def create_databases(port: int, password: str) -> None:
     connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
     try:
         with connection.cursor() as cursor:
-            for name in DATABASES:
+            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (STUDY_USER,))
+            verb = "ALTER" if cursor.fetchone() else "CREATE"
+            cursor.execute(f'{verb} ROLE "{STUDY_USER}" LOGIN PASSWORD %s', (study_password,))
+            owners = {**dict.fromkeys(DATABASES, DB_USER), STUDY_DB: STUDY_USER}
+            for name, owner in owners.items():
                 cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
                 if cursor.fetchone() is None:
-                    cursor.execute(f'CREATE DATABASE "{name}"')
+                    cursor.execute(f'CREATE DATABASE "{name}" OWNER "{owner}"')
+                cursor.execute(f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC')
     finally:
         connection.close()
 
@@ -274,8 +293,9 @@ def sqlalchemy_uri(uri: str) -> str:
     return "postgresql+psycopg2://" + uri.split("://", 1)[1]
 
 
-def local_database_uri(port: int, password: str, name: str) -> str:
-    return f"postgresql+psycopg2://{DB_USER}:{password}@{LOOPBACK}:{port}/{name}"
+def local_database_uri(port: int, password: str, name: str, user: str = DB_USER,
+                       host: str = LOOPBACK) -> str:
+    return f"postgresql+psycopg2://{user}:{password}@{host}:{port}/{name}"
 
 
 def auth_config(database_uri: str, admin_password: str) -> str:
@@ -405,11 +425,17 @@ def _group_alive(pgid: int) -> bool:
 
 # Commands --------------------------------------------------------------------------------
 
-def client_address(host: str, port: int) -> str:
-    """The URL clients use: the loopback one, or this machine's name when listening wider."""
+def reachable_name(host: str) -> str:
+    """How clients name an address we listen on: loopback as such, this machine's name for
+    every address, else the address given."""
     name = LOOPBACK if host in (LOOPBACK, "localhost") else (
         socket.getfqdn() if host in ("0.0.0.0", "::") else host)
-    return f"http://{name}:{port}"
+    return f"[{name}]" if ":" in name else name
+
+
+def client_address(host: str, port: int) -> str:
+    """The URL clients use: the loopback one, or this machine's name when listening wider."""
+    return f"http://{reachable_name(host)}:{port}"
 
 
 def prepare_dir(directory: Path) -> Layout:
@@ -453,6 +479,7 @@ def _start(layout: Layout, host: str, port: int, db_host: str,
         write_private(layout.secrets, json.dumps(keys, indent=1))
     backend_store_uri = keys.get("backend_store_uri")
     state: dict[str, object] = {"host": host, "port": port, "postgres_pid": None}
+    study: dict[str, str] = {}  # a database given is not ours to add a study database to
     if backend_store_uri:
         tracking_uri = auth_uri = sqlalchemy_uri(backend_store_uri)
     else:
@@ -461,9 +488,12 @@ def _start(layout: Layout, host: str, port: int, db_host: str,
         state["postgres_pid"], db_port = start_postgres(layout, db_host)
         state.update(postgres_data=str(layout.postgres), db_address=f"{db_host}:{db_port}")
         layout.state.write_text(json.dumps(state, indent=1))
-        create_databases(db_port, keys["db_password"])
+        create_databases(db_port, keys["db_password"], keys["study_password"])
         tracking_uri, auth_uri = (local_database_uri(db_port, keys["db_password"], name)
                                   for name in DATABASES)
+        study[STUDY_STORAGE_ENV] = local_database_uri(
+            db_port, keys["study_password"], STUDY_DB, STUDY_USER, reachable_name(db_host))
+        state["study_database"] = masked(study[STUDY_STORAGE_ENV])
     write_private(layout.auth_ini, auth_config(auth_uri, keys["admin_password"]))
     log = layout.logs / "mlflow.log"
     offset = log_size(log)
@@ -476,11 +506,10 @@ def _start(layout: Layout, host: str, port: int, db_host: str,
     layout.state.write_text(json.dumps(state, indent=1))
     wait_until_answering(f"http://{LOOPBACK if host in ('0.0.0.0', '::') else host}:{port}",
                          keys["admin_password"], process, log, offset)
-    write_private(layout.client_env, "".join(
-        f"{name}={value}\n" for name, value in (("MLFLOW_TRACKING_URI", state["url"]),
-                                                ("MLFLOW_TRACKING_USERNAME", ADMIN),
-                                                ("MLFLOW_TRACKING_PASSWORD",
-                                                 keys["admin_password"]))))
+    client = {"MLFLOW_TRACKING_URI": state["url"], "MLFLOW_TRACKING_USERNAME": ADMIN,
+              "MLFLOW_TRACKING_PASSWORD": keys["admin_password"], **study}
+    write_private(layout.client_env, "".join(f"{name}={value}\n"
+                                             for name, value in client.items()))
     return state
 
 
@@ -506,9 +535,14 @@ def report_start(layout_root: Path, state: dict[str, object]) -> str:
     layout = Layout(layout_root.resolve())
     database = (f"PostgreSQL on {state['db_address']} (data in {layout.postgres})"
                 if state.get("postgres_pid") else "the database given by --backend-store-uri")
+    study = (f"Optuna studies in {state['study_database']} ({STUDY_STORAGE_ENV} in client.env)"
+             if state.get("study_database") else
+             f"no study database made: --backend-store-uri's database is not managed here; "
+             f"searches need {STUDY_STORAGE_ENV} or search.storage")
     return "\n".join([
         f"MLflow server at {state['url']} (pid {state['mlflow_pid']}), users and runs in "
         f"{database}, artifacts in {layout.artifacts}",
+        study,
         f"credentials for clients (user {ADMIN}): {layout.client_env}, readable by you only",
         f"  set -a; . {layout.client_env}; set +a    # then: python run.py ...",
         f"stop with: python -m style_exp.server stop --dir {layout_root}",

@@ -8,8 +8,13 @@ trial number as ``search.trial``; the job reports its checkpoints' quality to th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from style_exp.spec.settings import ConfigError, check_positive
+
+# Where a search keeps its study when ``search.storage`` is not given: the team server's
+# ``client.env`` sets it to the study database it provisioned (``style_exp.server``).
+STUDY_STORAGE_ENV = "STYLE_EXP_STUDY_STORAGE"
 
 
 @dataclass(frozen=True)
@@ -17,7 +22,8 @@ class SearchSettings:
     """The ``search`` keys: where the study is kept, its name, seeds per trial, this job's
     trial (set by the sweeper for each job; -1: the run is no trial)."""
 
-    storage: str | None = None  # SQLAlchemy URL; default: beside a SQLite tracking store
+    storage: str | None = None  # SQLAlchemy URL; default: $STYLE_EXP_STUDY_STORAGE, else
+    # beside a SQLite tracking store
     study: str | None = None  # default: derived from the sweep's command line
     repeats: int = 1  # seeds per trial (seed, seed+1, ...); the trial's value is their mean
     trial: int = -1
@@ -37,3 +43,12 @@ class SearchSettings:
 
 
 NO_SEARCH = SearchSettings()
+
+
+def masked(uri: str) -> str:
+    """``uri`` as it may be shown or recorded: its password, if any, as ``***``."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}").geturl()
