@@ -11,9 +11,10 @@ basic-auth app, whose admin password is generated on first start and kept in
 ``DIR/secrets.json``. Its PostgreSQL also holds Optuna's studies: database ``optuna``,
 owned by a role of its own (password also in ``secrets.json``), which searches find
 through ``STYLE_EXP_STUDY_STORAGE``. It returns once the server answers an authenticated
-request, and writes ``DIR/client.env`` (mode 0600) for clients. ``--port 0`` lets the server bind a
-free port itself (no other process can take it between a probe and the bind); the
-port it got is read back from its log and written to ``client.env`` and ``server.json``.
+request, and writes ``DIR/client.env`` (mode 0600) for clients. ``--port 0`` lets the
+server bind a free port itself (no other process can take it between a probe and the
+bind); the port it got is read back from its log and written to ``client.env`` and
+``server.json``.
 ``stop`` ends what ``start`` started, by the process ids it recorded in ``DIR/server.json``.
 """
 
@@ -427,7 +428,7 @@ def _group_alive(pgid: int) -> bool:
 
 def reachable_name(host: str) -> str:
     """How clients name an address we listen on: loopback as such, this machine's name for
-    every address, else the address given."""
+    a wildcard (every address), else the address given (IPv6 in brackets, for a URL)."""
     name = LOOPBACK if host in (LOOPBACK, "localhost") else (
         socket.getfqdn() if host in ("0.0.0.0", "::") else host)
     return f"[{name}]" if ":" in name else name
