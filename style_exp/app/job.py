@@ -13,7 +13,6 @@ job's weights, network, quality meter and compiled steps for the next one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from style_exp.app.preflight import Plan
 from style_exp.engine import color
 from style_exp.engine.demo import demo_paintings, demo_photo
 from style_exp.engine.device import compute_precision
-from style_exp.engine.images import load_image, resize
+from style_exp.engine.images import load_image, pixels_digest, resize
 from style_exp.engine.init import initial_image
 from style_exp.engine.masks import frame_labels, load_regions
 from style_exp.engine.objective import Problem, Workspace, build_network
@@ -116,7 +115,7 @@ def prepare(plan: Plan) -> Job:
     network_key = (weights.sha256, tuple(spec.loss.layers), spec.model.pooling, precision)
     network = WARM.get("network", network_key,
                        lambda: build_network(weights, spec.loss, spec.model.pooling, precision))
-    quality_key = (weights.sha256, _digest(inputs.content, *inputs.styles), tuple(blend))
+    quality_key = (weights.sha256, pixels_digest(inputs.content, *inputs.styles), tuple(blend))
     quality = WARM.get("quality", quality_key,
                        lambda: QualityMeter(weights, inputs.content, inputs.styles, blend))
     sides = tuple(scale.side for scale in spec.scales)
@@ -152,15 +151,6 @@ class Warm:
 
 
 WARM = Warm()
-
-
-def _digest(*images: np.ndarray) -> str:
-    """Which pixels these are (a few milliseconds at working sizes)."""
-    digest = hashlib.sha256()
-    for image in images:
-        digest.update(repr(image.shape).encode())
-        digest.update(np.ascontiguousarray(image).tobytes())
-    return digest.hexdigest()
 
 
 def load_inputs(spec: RunSpec, clip: Clip | None = None) -> LoadedInputs:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 import tensorflow as tf
 
+from style_exp.engine.images import pixels_digest
 from style_exp.engine.losses import (
     Moments,
     StyleTarget,
@@ -70,6 +71,13 @@ def compute_targets(network: VGG19Features, problem: Problem, tile: int = 0) -> 
     With ``tile`` the styles' moments are computed by tiles (a print-size painting does
     not fit through the network whole) and the content's are left to ``TiledLoss``.
     """
+    return _per_problem(_reference_targets(network, problem, tile), problem)
+
+
+def _reference_targets(network: VGG19Features, problem: Problem, tile: int) -> Targets:
+    """The content's activations and the styles' statistics: what depends on the images,
+    the layers, the statistic and the network, not on the term weights or a video frame's
+    warped predecessor."""
     layers = list(problem.loss.style_layers)
 
     def style_moments(image: np.ndarray) -> dict[str, Moments]:
@@ -101,6 +109,11 @@ def compute_targets(network: VGG19Features, problem: Problem, tile: int = 0) -> 
     if not tile:
         features = network(tf.constant(problem.content[None], tf.float32))
         content = {layer: features[layer] for layer in problem.loss.content_layers}
+    return Targets(content, style)
+
+
+def _per_problem(reference: Targets, problem: Problem) -> Targets:
+    """``reference`` with this problem's term weights and temporal target."""
     temporal = None
     if problem.temporal is not None:
         warped, mask = problem.temporal
@@ -108,7 +121,19 @@ def compute_targets(network: VGG19Features, problem: Problem, tile: int = 0) -> 
                     tf.constant(mask[None, ..., None], tf.float32))
     term_weights = {name: tf.constant(value, tf.float32)
                     for name, value in problem.loss.term_weights.items()}
-    return Targets(content, style, temporal, term_weights)
+    return reference._replace(temporal=temporal, term_weights=term_weights)
+
+
+def targets_key(network: VGG19Features, problem: Problem, tile: int) -> tuple:
+    """Everything :func:`_reference_targets` depends on: the network (its weights, layers,
+    pooling and precision), the pixels of the content, styles and masks (so their size,
+    colour preparation and files), the blend, the regions and the loss's structure (its
+    layers, their weights and the statistic; not the term weights)."""
+    pixels = pixels_digest(problem.content, *problem.styles,
+                           *(region.mask for region in problem.regions))
+    regions = tuple((region.styles, region.blend, region.weight) for region in problem.regions)
+    return (network, tile, pixels, tuple(problem.style_blend), regions,
+            repr(problem.loss.structure))
 
 
 def loss_and_gradient(network: VGG19Features, image: tf.Tensor, targets: Targets,
@@ -147,11 +172,13 @@ class Objective:
 
 
 def objective(problem: Problem, network: VGG19Features, tile: int = 0,
-              xla: bool = False) -> Objective:
+              xla: bool = False, workspace: Workspace | None = None) -> Objective:
     """Untiled, a step is one compiled graph (with ``xla``, compiled by XLA). Tiled, the
     step runs eagerly around compiled tile passes, one tile at a time: one graph for all
-    tiles would let TensorFlow run them at once and hold all their activations."""
-    targets = compute_targets(network, problem, tile)
+    tiles would let TensorFlow run them at once and hold all their activations. A
+    ``workspace`` keeps the targets for the next problem with the same ones."""
+    targets = (workspace.targets(network, problem, tile) if workspace is not None
+               else compute_targets(network, problem, tile))
     if tile:
         tiled = TiledLoss(network, problem.loss, problem.content, tile)
         return Objective(tiled, targets, lambda step: step, key=(tiled,), tiled=True)
@@ -176,6 +203,17 @@ class Workspace:
     def __init__(self) -> None:
         self._key: tuple | None = None
         self._loop: Any = None
+        self._targets: tuple[tuple, Targets] | None = None
+
+    def targets(self, network: VGG19Features, problem: Problem, tile: int = 0) -> Targets:
+        """The problem's targets; the content's features and the styles' statistics are the
+        last call's when :func:`targets_key` is the same (a sweep's next job: about 0.3 s
+        at 256 px here), the term weights and temporal target always the problem's."""
+        key = targets_key(network, problem, tile)
+        if self._targets is None or self._targets[0] != key:
+            self._targets = None  # free the old targets before computing their successor
+            self._targets = (key, _reference_targets(network, problem, tile))
+        return _per_problem(self._targets[1], problem)
 
     def loop(self, kind: Callable[[Any, Objective, tuple[int, ...]], LoopT],
              settings: OptimizerSettings, objective: Objective, init: np.ndarray) -> LoopT:

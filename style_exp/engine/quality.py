@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from style_exp.engine.images import resize, resize_longest
+from style_exp.engine.images import pixels_digest, resize, resize_longest
 from style_exp.engine.losses import gram_matrix
 from style_exp.engine.vgg import VGG19Features
 from style_exp.engine.weights import VGGWeights
@@ -44,6 +44,7 @@ QUANTILES = 256
 # Longest side the distances are measured at: cheap at checkpoints, and a print-size
 # image (optimised by tiles) need not pass through the network whole.
 MEASURE_SIDE = 512
+KEEP_MEASURED = 4  # images whose distances a meter keeps (the start's among them)
 
 
 def relative_distance(value: tf.Tensor, target: tf.Tensor) -> float:
@@ -64,6 +65,7 @@ class QualityMeter:
         self.grams = {layer: tf.add_n([b * gram_matrix(features[layer])
                                        for b, features in zip(blend, style_features, strict=True)])
                       for layer in STYLE_LAYERS}
+        self._measured: dict[str, dict[str, float]] = {}  # by digest, oldest first
         rng = np.random.default_rng(0)
         self.directions = {}
         for layer in STYLE_LAYERS:
@@ -87,7 +89,9 @@ class QualityMeter:
         values, weight = np.concatenate(projected), np.concatenate(weights)
         levels = (np.arange(QUANTILES) + 0.5) / QUANTILES
         if len(projected) == 1:  # equal weights: the i-th smallest sits at (i + 1) / n
-            return _equal_weight_quantiles(np.sort(values, axis=0), levels).T
+            # each projection's values sorted as a contiguous row: the same, twice as fast
+            ordered = np.sort(np.ascontiguousarray(values.T), axis=1).T
+            return _equal_weight_quantiles(ordered, levels).T
         order = np.argsort(values, axis=0)
         cumulative = np.cumsum(weight[order], axis=0)
         cumulative /= cumulative[-1:]
@@ -98,7 +102,18 @@ class QualityMeter:
         return self.network(tf.constant(image[None], tf.float32))
 
     def __call__(self, image: np.ndarray) -> dict[str, float]:
-        """The two distances of ``image``, resized to the size the photo is measured at."""
+        """The distances of ``image``, resized to the size the photo is measured at.
+
+        The last few images' are kept by their pixels' digest: a sweep's jobs that start
+        from the same image (``init=content``) measure it once."""
+        key = pixels_digest(image)
+        if key not in self._measured:
+            if len(self._measured) >= KEEP_MEASURED:
+                self._measured.pop(next(iter(self._measured)))  # the oldest
+            self._measured[key] = self._measure(image)
+        return dict(self._measured[key])
+
+    def _measure(self, image: np.ndarray) -> dict[str, float]:
         if image.shape[1::-1] != self.size:
             image = resize(image, self.size)
         features = self._features(image)

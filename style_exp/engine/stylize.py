@@ -56,12 +56,14 @@ def stylize(
     near its optimum (a warm-started video frame or a later scale) may rightly stay
     where it is, so its caller turns that off. ``iterations`` is a cap: the run ends
     earlier once ``loop.stop`` says the loss has stopped falling (``Result.stop_reason``).
-    Calls given one ``workspace`` reuse its compiled step for images of the same size.
+    Calls given one ``workspace`` reuse its compiled step for images of the same size,
+    and its targets for the same inputs and loss structure.
     """
     reporter = Reporter(iterations, loop.log_every, loop.checkpoint_every, callback,
                         loop.optimizer.remedy(KNOB_PREFIX), loop.stop)
-    result = optimise(loop.optimizer, objective(problem, network, tile, loop.xla), init,
-                      iterations, reporter, workspace or Workspace())
+    workspace = workspace or Workspace()
+    result = optimise(loop.optimizer, objective(problem, network, tile, loop.xla, workspace),
+                      init, iterations, reporter, workspace)
     if require_progress:
         reporter.check_progress(result, np.clip(init, *PIXEL_RANGE))
     return result
