@@ -79,6 +79,8 @@ def execute(plan: Plan, output_dir: Path, provenance: Provenance,
     hashes = dict(plan.input_hashes)
     output_dir.mkdir(parents=True, exist_ok=True)
     tags = {**configure_threads(spec.threads), **provenance.tags, RUN_KEY_TAG: plan.key}
+    if plan.retried:
+        tags["memory.retry"] = plan.retried
     name = run_name(spec.inputs, swept_values(tags))
     with tracked_run(uri, spec.tracking.experiment, run_name=name,
                      tags={**environment_tags(), **liveness_tags(), **tags},
@@ -91,12 +93,7 @@ def execute(plan: Plan, output_dir: Path, provenance: Provenance,
         run.log_text(yaml.safe_dump(dict(spec.record), sort_keys=False, allow_unicode=True),
                      "config.yaml")
         run.log_text("\n".join(provenance.overrides) + "\n", "overrides.txt")
-        if plan.retried:
-            run.set_tag("memory.retry", plan.retried)
         job = prepare(plan)
-        # What precision=auto chose: a param to compare runs by, a tag to filter them by.
-        run.log_param("compute_precision", job.precision)
-        run.set_tag("compute_precision", job.precision)
         reproduction_record(job, provenance.overrides, hashes)
         _log_inputs(job, output_dir)
         if job.clip is not None:
@@ -120,7 +117,7 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
     first_step: list[float] = []
     start = job.output_image(job.init)
     log_image(start, PROGRESS_IMAGES, 0)
-    active().log_metrics(job.quality(start), step=0)
+    active().log_metrics(job.quality(start), step=0)  # init=content: measured once a sweep
 
     def report(progress: Progress) -> str | None:
         if not first_step:
@@ -140,15 +137,16 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
     @stopping.deferred()
     def conclude(result: Result) -> Result:
         """The result as output (colours restored), measured, written and described."""
-        active().set_tag("stop_reason", result.stop_reason)
         image = job.output_image(result.image)
         quality = job.quality(image)
-        active().log_metrics(quality, step=result.steps)
         log_image(image, OUTPUT_IMAGES, 0)
-        seconds = _write_result(dataclasses.replace(result, image=image), output_dir, started,
-                          first_step)
-        active().set_tag(NOTE_TAG, run_note(spec, image.shape[1::-1], result.steps, quality,
-                                            seconds))
+        timings = _write_result(dataclasses.replace(result, image=image), output_dir, started,
+                                first_step)
+        seconds = timings["time/total_s"]
+        note = run_note(spec, image.shape[1::-1], result.steps, quality, seconds)
+        active().log_batch(quality, step=result.steps,
+                           tags={"stop_reason": result.stop_reason, NOTE_TAG: note})
+        active().log_metrics(timings)
         return dataclasses.replace(result, metrics={**result.metrics, **quality,
                                                     "time/total_s": seconds})
 
@@ -164,25 +162,27 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
 
 
 def _log_inputs(job: Job, output_dir: Path) -> None:
-    """Small copies of the inputs, and which weights the network has."""
+    """Small copies of the inputs."""
     for label, image in zip(job.inputs.labels, [job.inputs.content, *job.inputs.styles],
                             strict=True):
         thumbnail = save_image(_thumbnail(image), output_dir / "inputs" / f"{label}.jpg")
         active().log_artifact(str(thumbnail), "inputs")
-    active().set_tag("weights_sha256", job.weights_sha256)
 
 
 def reproduction_record(job: Job, overrides: tuple[str, ...],
                         hashes: dict[str, str]) -> dict[str, object]:
     """What reproducing this run needs beyond its config: input and weight hashes, versions.
 
-    Logged as ``reproduce.json``; the hashes are also tags (``input_sha256.<name>``) so
-    the UI can show them.
+    Logged as ``reproduce.json``; the hashes, versions and weights' digest are also tags
+    (``input_sha256.<name>``, ``version.<name>``) so the UI can show them, all in one call
+    with what precision=auto chose (a param to compare runs by, a tag to filter them by).
     """
     files = job.spec.files()
-    versions = library_versions()
-    active().set_tags({f"input_sha256.{name}": digest for name, digest in hashes.items()})
-    active().set_tags({f"version.{name}": value for name, value in versions.items()})
+    versions = dict(library_versions())
+    active().log_batch(params={"compute_precision": job.precision}, tags={
+        "compute_precision": job.precision, "weights_sha256": job.weights_sha256,
+        **{f"input_sha256.{name}": digest for name, digest in hashes.items()},
+        **{f"version.{name}": value for name, value in versions.items()}})
     record = {
         "overrides": list(overrides),
         "inputs": {name: {"path": str(Path(files[name]).resolve()), "sha256": digest}
@@ -198,8 +198,8 @@ def reproduction_record(job: Job, overrides: tuple[str, ...],
 
 
 def _write_result(result: Result, output_dir: Path, started: float,
-                  first_step: list[float]) -> float:
-    """Write and log the final image, the loss curve and the timings; the run's seconds."""
+                  first_step: list[float]) -> dict[str, float]:
+    """Write and log the final image and the loss curve; the run's timings (to log)."""
     output = save_image(result.image, output_dir / "output.png")
     active().log_artifact(str(output))
     if result.history:
@@ -212,8 +212,7 @@ def _write_result(result: Result, output_dir: Path, started: float,
         timings["time/setup_s"] = first_step[0]
     if np.isfinite(result.ms_per_iteration):
         timings["time/per_iteration_ms"] = result.ms_per_iteration
-    active().log_metrics(timings)
-    return timings["time/total_s"]
+    return timings
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:

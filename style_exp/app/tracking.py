@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def _sqlite_path(tracking_uri: str) -> Path | None:
         "sqlite:///") else None
 
 
+@functools.cache  # what this process loaded: the same for each job it runs
 def library_versions() -> dict[str, str]:
     """Versions of what decides the result, for the reproduction record."""
     from importlib.metadata import version
@@ -172,6 +174,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+@functools.cache  # once per process: its code and device do not change between its jobs
 def environment_tags() -> dict[str, str]:
     """TensorFlow version, the device the step runs on, and the code's git commit."""
     import tensorflow as tf
