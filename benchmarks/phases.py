@@ -2,6 +2,7 @@
 
     python -m benchmarks.phases --repeats 5 -- content=photo.jpg style=painting.jpg size=256
     python -m benchmarks.phases --projects ../before . -- size=256     # before / after
+    python -m benchmarks.phases --job 4 -- -m loss.style_weight=1e3,1e4,1e5,1e6,1e7 ARGS
 
 Each repeat runs ``python run.py ARGS`` in a fresh process per project, interleaved
 (project A, B, A, B, ...) so both see the same load on a shared machine; each project
@@ -11,7 +12,9 @@ modules are imported (nothing is imported early, so import times stay as they ar
 records when each call starts and ends; the parent adds the command's start and the
 process's exit. A phase is the time between two of these marks; the table gives each
 phase's median over the repeats, per project, in seconds (``-`` where a project does not
-have the function). Written to ``benchmarks/results/phases.{md,csv}``.
+have the function). ``--job N`` times the N-th job (from 0) of a sweep instead, from where
+the previous job's run ended: what a later job pays besides its steps. Written to
+``benchmarks/results/phases.{md,csv}``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ PROBES = {
     "style_exp.app.cli": ["main", "run_job", "parse", "execute_checked"],
     "style_exp.app.preflight": ["check"],
     "style_exp.app.execute": ["execute", "reap", "prepare", "reproduction_record",
-                              "_log_inputs", "stylize_scales", "_write_result", "log_image"],
+                              "_log_inputs", "stylize_scales", "_write_result", "log_image",
+                              "plot_losses"],
     "style_exp.app.job": ["load_inputs", "load_weights", "build_network", "QualityMeter"],
     "style_exp.engine.quality": ["QualityMeter.__call__"],
     "style_exp.engine.stylize": ["objective"],
@@ -68,6 +72,28 @@ PHASES = [
     ("teardown", "execute.end", "exit"),
     ("whole process", "command", "exit"),
 ]
+# A later job of a sweep (``--job N``, N > 0): from the previous job's end to its own.
+PREVIOUS = "previous execute.end"
+LATER_PHASES = [
+    ("between jobs (last outcome, Hydra's next job)", PREVIOUS, "run_job.start"),
+    ("parse + preflight", "run_job.start", "execute.start"),
+    ("MLflow run start", "execute.start", "reap.start"),
+    ("reap", "reap.start", "reap.end"),
+    ("params, config", "reap.end", "prepare.start"),
+    ("prepare (inputs, start image, cached network)", "prepare.start", "prepare.end"),
+    ("input copies, reproduce.json, start's quality", "prepare.end", "stylize_scales.start"),
+    ("of which the start's quality", "QualityMeter.__call__.start",
+     "QualityMeter.__call__.end"),
+    ("targets", "objective.start", "objective.end"),
+    ("first step (its start's evaluation and line search)", "objective.end",
+     "Reporter.report.start"),
+    ("steps", "Reporter.report.start", "stylize_scales.end"),
+    ("final quality, output image series", "stylize_scales.end", "_write_result.start"),
+    ("output.png, loss plot, artifacts, last metrics", "_write_result.start", "execute.end"),
+    ("of which the loss plot", "plot_losses.start", "plot_losses.end"),
+    ("the job, less its steps", PREVIOUS, "execute.end"),
+    ("the job", PREVIOUS, "execute.end"),
+]
 
 
 def main() -> None:
@@ -75,6 +101,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--projects", nargs="+", default=[str(PROJECT)],
                         help="checkouts to compare (each runs its own run.py)")
+    parser.add_argument("--job", type=int, default=0,
+                        help="time this job of a sweep (give -m and the swept values in "
+                             "ARGS): 0 is the first; a later one's phases start where the "
+                             "previous job's run ended")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help="run.py's arguments (after --)")
     args = parser.parse_args()
@@ -88,35 +118,45 @@ def main() -> None:
                 store = Path(scratch) / f"store-{index}"  # one per project, as a user has
                 store.mkdir(exist_ok=True)
                 samples[project].append(_measure(Path(project), args.args, store,
-                                                 Path(scratch) / f"{repeat}-{index}"))
+                                                 Path(scratch) / f"{repeat}-{index}", args.job))
                 print(f"repeat {repeat + 1}/{args.repeats} {project}: "
                       f"{samples[project][-1]['whole process']:.1f} s", flush=True)
     rows = [{"phase": phase, **{project: _median(samples[project], phase)
                                 for project in args.projects}}
-            for phase, _, _ in PHASES]
+            for phase, _, _ in (LATER_PHASES if args.job else PHASES)]
     preamble = (f"`python run.py {' '.join(args.args)}`, median of {args.repeats} "
                 "interleaved repeats, seconds")
     _, table = write_tables(rows, PROJECT / "benchmarks" / "results" / "phases", preamble)
     print(table.read_text())
 
 
-def _measure(project: Path, run_args: list[str], store: Path,
-             scratch: Path) -> dict[str, float]:
-    """One whole process: its marks turned into phase durations."""
+def _measure(project: Path, run_args: list[str], store: Path, scratch: Path,
+             job: int = 0) -> dict[str, float]:
+    """One whole process: the marks of its ``job``-th job turned into phase durations."""
     scratch.mkdir(parents=True)
     events = scratch / "events.jsonl"
     env = {**os.environ, EVENTS: str(events),
            "PYTHONPATH": os.pathsep.join([str(project), str(PROJECT)])}
-    command = [sys.executable, "-m", "benchmarks.phases", "--child", "--",
-               f"hydra.run.dir={scratch / 'run'}", f"tracking.uri=sqlite:///{store}/mlflow.db",
-               "progress=false", *run_args]
+    flags = [arg for arg in run_args if arg.startswith("-")]  # -m before the overrides
+    command = [sys.executable, "-m", "benchmarks.phases", "--child", "--", *flags,
+               f"hydra.run.dir={scratch / 'run'}", f"hydra.sweep.dir={scratch / 'sweep'}",
+               f"tracking.uri=sqlite:///{store}/mlflow.db",
+               "progress=false", *[arg for arg in run_args if arg not in flags]]
     started = time.time()
     subprocess.run(command, cwd=project, env=env, check=True, stdout=subprocess.DEVNULL)
     marks = {"command": started, "exit": time.time()}
-    for line in events.read_text().splitlines():
-        mark, when = json.loads(line)
-        marks.setdefault(mark, when)  # a function's first call marks it
-    return {phase: marks[b] - marks[a] for phase, a, b in PHASES if a in marks and b in marks}
+    events = [json.loads(line) for line in events.read_text().splitlines()]
+    if job:  # from the end of the previous job's run
+        ends = [index for index, (mark, _) in enumerate(events) if mark == "execute.end"]
+        marks[PREVIOUS] = events[ends[job - 1]][1]
+        events = events[ends[job - 1] + 1:]
+    for mark, when in events:
+        marks.setdefault(mark, when)  # a function's first call (in the job) marks it
+    phases = {phase: marks[b] - marks[a] for phase, a, b in (LATER_PHASES if job else PHASES)
+              if a in marks and b in marks}
+    if job and "steps" in phases:
+        phases["the job, less its steps"] -= phases["steps"]
+    return {**phases, "whole process": marks["exit"] - marks["command"]}
 
 
 def _median(samples: list[dict[str, float]], phase: str) -> float | str:

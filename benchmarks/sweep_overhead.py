@@ -1,0 +1,77 @@
+"""What a sweep's jobs cost besides their steps: one ``run.py -m`` process (basic launcher).
+
+    python -m benchmarks.sweep_overhead -- content=photo.jpg style=painting.jpg size=256
+    python -m benchmarks.sweep_overhead --projects ../before . --repeats 2 -- ARGS
+
+Each repeat runs ``python run.py -m loss.style_weight=W1,...,W9 ARGS iterations=20`` once
+per checkout, interleaved (A, B, A, B) so both see the same load, each into a fresh
+SQLite store, and reads the runs back: a job's step time is its ``time/steps`` times its
+``time/per_iteration_ms`` (the median step after the first); a later job's own overhead
+is the time from the previous run's end to its own end, less its step time (everything
+it pays besides its steps: Hydra's next job, preflight, its MLflow run, targets, quality
+measurements, images). Prints one row per repeat and checkout with the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+PROJECT = Path(__file__).resolve().parents[1]
+WEIGHTS = "1e3,2e3,5e3,1e4,2e4,5e4,1e5,2e5,5e5"  # nine jobs
+
+
+def sweep(project: Path, run_args: list[str], scratch: Path) -> dict[str, float]:
+    """One sweep in ``project``: its wall time, summed step time and later jobs' overhead."""
+    uri = f"sqlite:///{scratch / 'mlflow.db'}"
+    command = [sys.executable, "run.py", "-m", f"loss.style_weight={WEIGHTS}",
+               "iterations=20", "progress=false", f"tracking.uri={uri}",
+               f"hydra.sweep.dir={scratch / 'sweep'}", *run_args]
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    subprocess.run(command, cwd=project, check=True, capture_output=True)
+    wall = time.perf_counter() - started
+    client = MlflowClient(uri)
+    runs = sorted(client.search_runs([client.get_experiment_by_name("style_exp").experiment_id]),
+                  key=lambda run: run.info.start_time)
+    steps = [run.data.metrics["time/steps"] * run.data.metrics["time/per_iteration_ms"] / 1e3
+             for run in runs]
+    ends = [run.info.end_time / 1e3 for run in runs]
+    overheads = [ends[i] - ends[i - 1] - steps[i] for i in range(1, len(runs))]
+    return {"load": load, "jobs": len(runs), "wall_s": wall, "steps_s": sum(steps),
+            "wall_minus_steps_s": wall - sum(steps),
+            "later_job_overhead_s": statistics.median(overheads),
+            "later_overhead_min_s": min(overheads), "later_overhead_max_s": max(overheads)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--projects", nargs="+", default=[str(PROJECT)])
+    parser.add_argument("args", nargs="*", help="run.py's arguments (after --)")
+    args = parser.parse_args()
+    print("| repeat | checkout | load | jobs | wall s | steps s | wall - steps | "
+          "later job overhead (median, min-max) s |\n|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as scratch:
+        for repeat in range(args.repeats):
+            for index, project in enumerate(args.projects):
+                where = Path(scratch) / f"{repeat}-{index}"
+                where.mkdir()
+                row = sweep(Path(project).resolve(), args.args, where)
+                print(f"| {repeat + 1} | {project} | {row['load']:.1f} | {row['jobs']} | "
+                      f"{row['wall_s']:.1f} | {row['steps_s']:.1f} | "
+                      f"{row['wall_minus_steps_s']:.1f} | {row['later_job_overhead_s']:.2f} "
+                      f"({row['later_overhead_min_s']:.2f}-{row['later_overhead_max_s']:.2f}) |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
