@@ -543,10 +543,21 @@ def test_an_older_dir_gets_its_study_database_on_its_next_start_and_keeps_it():
             for _ in range(2):  # the first start after the upgrade, then a restart
                 server.create_databases(port, keys["db_password"], keys["study_password"])
                 assert connects(storage, server.STUDY_DB)
+                assert not any(connects(storage, name) for name in server.DATABASES)
         finally:
             server.stop_postgres(layout.postgres, pid)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_start_says_when_remote_trials_cannot_reach_the_study_database(tmp_path):
+    state = {"url": "http://box:5000", "mlflow_pid": 1, "postgres_pid": 2,
+             "db_address": "127.0.0.1:5432", "host": "0.0.0.0",
+             "study_database": "postgresql+psycopg2://optuna:***@127.0.0.1:5432/optuna"}
+    said = server.report_start(tmp_path, state)
+    assert "trials on other machines need --db-host" in said
+    for served in ({"host": server.LOOPBACK}, {"db_address": "0.0.0.0:5432"}):
+        assert "--db-host" not in server.report_start(tmp_path, {**state, **served})
 
 
 @pytest.mark.parametrize(("args", "message"), [

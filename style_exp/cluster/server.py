@@ -540,6 +540,9 @@ def report_start(layout_root: Path, state: dict[str, object]) -> str:
              if state.get("study_database") else
              f"no study database made: --backend-store-uri's database is not managed here; "
              f"searches need {STUDY_STORAGE_ENV} or search.storage")
+    if (state.get("study_database") and state["host"] != LOOPBACK
+            and str(state["db_address"]).startswith(f"{LOOPBACK}:")):
+        study += "; PostgreSQL listens on loopback only: trials on other machines need --db-host"
     return "\n".join([
         f"MLflow server at {state['url']} (pid {state['mlflow_pid']}), users and runs in "
         f"{database}, artifacts in {layout.artifacts}",
