@@ -58,8 +58,9 @@ def test_the_command_line_wins_over_the_presets_params_and_the_rest_goes_to_ever
     assert fixed == ["size=64"]
 
 
-def test_the_study_lives_where_it_is_told_else_on_the_team_server_else_beside_sqlite():
-    """search.storage > $STYLE_EXP_STUDY_STORAGE (client.env) > beside a SQLite store."""
+def test_the_study_lives_where_it_is_told_else_where_the_runs_live():
+    """search.storage > beside a SQLite store > $STYLE_EXP_STUDY_STORAGE (client.env) for
+    a server: runs kept locally with client.env sourced keep a local study."""
     sqlite, server = "sqlite:////data/runs/mlflow.db", "http://127.0.0.1:5000"
     team = {STUDY_STORAGE_ENV: "postgresql+psycopg2://optuna:pw@10.0.0.1:5432/optuna"}
     given = "postgresql+psycopg2://u@h/optuna"
@@ -67,7 +68,7 @@ def test_the_study_lives_where_it_is_told_else_on_the_team_server_else_beside_sq
     assert study_storage(given, server, {}) == given
     assert study_storage(given, server, team) == given
     assert study_storage(None, server, team) == team[STUDY_STORAGE_ENV]
-    assert study_storage(None, sqlite, team) == team[STUDY_STORAGE_ENV]
+    assert study_storage(None, sqlite, team) == f"sqlite:////data/runs/{STORAGE_FILE}"
     assert study_storage(None, sqlite, {STUDY_STORAGE_ENV: ""}).endswith(STORAGE_FILE)
 
 

@@ -43,15 +43,17 @@ SQLITE_TIMEOUT_S = 120  # jobs of one study write to one SQLite file at once
 
 def study_storage(given: str | None, tracking_uri: str,
                   environ: Mapping[str, str] = os.environ) -> str:
-    """Where the study lives: ``search.storage``, else ``$STYLE_EXP_STUDY_STORAGE`` (the team
-    server's ``client.env`` names its study database), else an SQLite file beside a SQLite
-    tracking store; any other store has no database of ours to put the study in."""
+    """Where the study lives: ``search.storage``, else beside the runs: an SQLite file next
+    to a SQLite tracking store, or for a server ``$STYLE_EXP_STUDY_STORAGE`` (the team
+    server's ``client.env`` names its study database). A local store keeps a local study
+    even with ``client.env`` sourced, so the same command always resumes the same study;
+    any other store has no database of ours to put the study in."""
     if given:
         return given
-    if environ.get(STUDY_STORAGE_ENV):
-        return environ[STUDY_STORAGE_ENV]
     if tracking_uri.startswith("sqlite:///"):
         return f"sqlite:///{Path(tracking_uri.removeprefix('sqlite:///')).parent / STORAGE_FILE}"
+    if environ.get(STUDY_STORAGE_ENV):
+        return environ[STUDY_STORAGE_ENV]
     raise ConfigError(f"the tracking store {tracking_uri} is not a local SQLite file, so the "
                       f"study needs a database every job reaches: set {STUDY_STORAGE_ENV} "
                       "or search.storage", "search.storage",
