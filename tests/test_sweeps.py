@@ -170,6 +170,23 @@ def test_runs_with_equal_values_each_get_a_cell():
     assert len(cells) == 3
 
 
+def test_an_experiments_pairs_each_get_rows_named_by_the_pair():
+    """Sweeps of one setting over several photo/painting pairs: a row per pair, by name."""
+    def entry(name: str, a: str) -> compare.Entry:
+        run = type("Run", (), {"info": type("Info", (), {"run_name": name,
+                                                         "run_id": "0" * 32})()})()
+        return compare.Entry(run, {"a": a}, np.zeros((4, 4, 3), np.uint8))
+
+    entries = [entry(f"{pair} · a={a}", a) for pair in ("stata x dora_maar", "t x s+n")
+               for a in ("1", "2")] + [entry("t x s+n · a=1", "1")]
+    rows, columns, cells = compare.grid_layout(entries, ["a"])
+    assert rows == ["stata x dora_maar", "t x s+n", "t x s+n #2"] and columns == ["1", "2"]
+    assert cells[("t x s+n", "2")] is entries[3]
+    assert compare.input_label("content", "t x s+n") == "photo t"
+    assert compare.input_label("style_1", "t x s+n") == "style 2 n"
+    assert compare.input_label("style_2", "t x s+n") == "style 3"
+
+
 def test_compare_says_clearly_when_nothing_matches(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     assert compare.main(["--experiment", "nothing", "--tracking-uri", uri,

@@ -60,6 +60,11 @@ class Entry:
         return self.run.info.run_name or self.run.info.run_id[:8]
 
     @property
+    def pair(self) -> str:
+        """``stata x dora_maar``: the inputs, as the run's name starts."""
+        return self.name.split(SEPARATOR)[0]
+
+    @property
     def label(self) -> str:
         """The swept values, or the run's name when nothing was swept."""
         return swept_text(self.values) or self.name
@@ -150,15 +155,20 @@ def load_inputs(client: MlflowClient, entries: list[Entry], workdir: Path
                 if batch_photo:
                     photos[entry.values[PHOTO_KEY]] = image.convert("RGB")
                 else:
-                    inputs.append((_input_label(path.stem), image.convert("RGB")))
+                    inputs.append((input_label(path.stem, entry.pair),
+                                   image.convert("RGB")))
     return inputs, photos
 
 
-def _input_label(stem: str) -> str:
-    """``content_demo`` -> ``photo``, ``style_1`` -> ``style 2``."""
+def input_label(stem: str, pair: str) -> str:
+    """``content`` -> ``photo stata``, ``style_1`` -> ``style 2 starry_night``: which input
+    an input copy is, named as the run's name names it (``stata x dora_maar+starry_night``)."""
+    photo, _, paintings = pair.partition(" x ")
     if stem.startswith("content"):
-        return "photo"
-    return f"style {int(stem.rsplit('_', 1)[-1]) + 1}"
+        return f"photo {photo}".strip()
+    index = int(stem.rsplit("_", 1)[-1])
+    names = paintings.split("+")
+    return f"style {index + 1} {names[index] if index < len(names) else ''}".strip()
 
 
 def sheet_axes(keys: list[str]) -> tuple[str | None, list[str]]:
@@ -178,10 +188,13 @@ def grid_layout(entries: list[Entry],
     """Column values (see ``sheet_axes``; run names when nothing is swept), row labels (the
     other keys) and each cell's run.
 
-    Runs with the same values (repeats, or runs of different sweeps) never share a
-    cell: the second and later get rows of their own, marked ``#2``, ``#3``, ...
+    Runs of different inputs (an experiment's sweeps over several pairs) get a row per
+    pair, labelled by the pair; runs with the same values (repeats, or runs of one pair's
+    sweeps) never share a cell: the second and later get rows of their own, marked
+    ``#2``, ``#3``, ...
     """
     column_key, row_keys = sheet_axes(keys)
+    by_pair = PHOTO_KEY not in keys and len({entry.pair for entry in entries}) > 1
 
     def column_of(entry: Entry) -> str:
         if column_key:
@@ -190,7 +203,8 @@ def grid_layout(entries: list[Entry],
 
     cells: dict[tuple[str, str], Entry] = {}
     for entry in entries:
-        base = ", ".join(row_text(k, entry.values[k]) for k in row_keys)
+        base = ", ".join([entry.pair] * by_pair
+                         + [row_text(k, entry.values[k]) for k in row_keys])
         row, repeat = base, 1
         while (row, column_of(entry)) in cells:
             repeat += 1
