@@ -3,6 +3,7 @@
     python -m benchmarks.phases --repeats 5 -- content=photo.jpg style=painting.jpg size=256
     python -m benchmarks.phases --projects ../before . -- size=256     # before / after
     python -m benchmarks.phases --job 4 -- -m loss.style_weight=1e3,1e4,1e5,1e6,1e7 ARGS
+    python -m benchmarks.phases --worker -- content=photo.jpg style=painting.jpg size=256
 
 Each repeat runs ``python run.py ARGS`` in a fresh process per project, interleaved
 (project A, B, A, B, ...) so both see the same load on a shared machine; each project
@@ -15,11 +16,18 @@ phase's median over the repeats, per project, in seconds (``-`` where a project 
 have the function). ``--job N`` times the N-th job (from 0) of a sweep instead, from where
 the previous job's run ended: what a later job pays besides its steps. Written to
 ``benchmarks/results/phases.{md,csv}``.
+
+``--worker`` also hands the same command to a resident worker (``style_exp.worker``),
+started with the probes installed in it (its events go to the file the handing command's
+environment names): columns ``cold``, ``worker, first job`` (the first command in a
+worker started for it) and ``worker`` (one worker for all repeats, after a first job
+not counted), interleaved. A handed command's first phase is the hand-over.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.abc
 import importlib.util
@@ -31,15 +39,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from style_exp.app.handoff import DIR_ENV, LOG, RECORD, WORKER_ENV
 from style_exp.app.tables import write_tables
 
 PROJECT = Path(__file__).resolve().parents[1]
 EVENTS = "STYLE_EXP_PHASE_EVENTS"
 # module -> attributes (``Class.method`` too) timed on every call, looked up where called.
 PROBES = {
-    "style_exp.app.cli": ["main", "run_job", "parse", "execute_checked"],
+    "style_exp.app.cli": ["main", "serve", "run_job", "parse", "execute_checked"],
     "style_exp.app.preflight": ["check"],
     "style_exp.app.execute": ["execute", "reap", "prepare", "reproduction_record",
                               "_log_inputs", "stylize_scales", "_write_result", "log_image",
@@ -50,10 +60,12 @@ PROBES = {
     "style_exp.engine.progress": ["Reporter.report"],
 }
 TIMED_IMPORTS = ("tensorflow", "mlflow", "style_exp.app.execute")
-# (phase, from mark, to mark); a mark is "<name>.start|end" ("first"/"last" call of it).
+# (phase, from mark, to mark); a mark is "<name>.start|end" (the first call of it), or
+# marks separated by "|": the first of them that a process has (cold or handed).
 PHASES = [
-    ("interpreter and run.py's imports", "command", "main.start"),
-    ("Hydra compose", "main.start", "run_job.start"),
+    ("interpreter and run.py's imports (worker: the hand-over)", "command",
+     "main.start|serve.start"),
+    ("Hydra compose", "main.start|serve.start", "run_job.start"),
     ("parse + preflight", "parse.start", "check.end"),
     ("import tensorflow", "import tensorflow.start", "import tensorflow.end"),
     ("import the run's modules", "import style_exp.app.execute.start",
@@ -70,8 +82,10 @@ PHASES = [
     ("steps", "Reporter.report.start", "stylize_scales.end"),
     ("final quality + image + artifacts", "stylize_scales.end", "execute.end"),
     ("teardown", "execute.end", "exit"),
+    ("command to the first step", "command", "Reporter.report.start"),
     ("whole process", "command", "exit"),
 ]
+WORKER_COLUMNS = ("cold", "worker, first job", "worker")
 # A later job of a sweep (``--job N``, N > 0): from the previous job's end to its own.
 PREVIOUS = "previous execute.end"
 LATER_PHASES = [
@@ -105,40 +119,72 @@ def main() -> None:
                         help="time this job of a sweep (give -m and the swept values in "
                              "ARGS): 0 is the first; a later one's phases start where the "
                              "previous job's run ended")
+    parser.add_argument("--worker", action="store_true",
+                        help="also hand the command to a resident worker (see above)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help="run.py's arguments (after --)")
     args = parser.parse_args()
     if args.child:
         _child(args.args)
         return
-    samples: dict[str, list[dict[str, float]]] = {project: [] for project in args.projects}
-    with tempfile.TemporaryDirectory() as scratch:
+    if args.worker_child:
+        _worker_child()
+        return
+    modes = WORKER_COLUMNS if args.worker else ("cold",)
+    columns = [(project, mode) for project in args.projects for mode in modes]
+    samples: dict[tuple[str, str], list[dict[str, float]]] = {column: [] for column in columns}
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as kept:
+        root = Path(scratch)
+        for index, (project, mode) in enumerate(columns):
+            if mode == "worker":  # one worker for all repeats, its first job not counted
+                kept.enter_context(_worker(Path(project), root / f"w{index}"))
+                _measure(Path(project), args.args, root / f"store-{index}",
+                         root / f"warm-up-{index}", args.job, root / f"w{index}")
         for repeat in range(args.repeats):
-            for index, project in enumerate(args.projects):
-                store = Path(scratch) / f"store-{index}"  # one per project, as a user has
-                store.mkdir(exist_ok=True)
-                samples[project].append(_measure(Path(project), args.args, store,
-                                                 Path(scratch) / f"{repeat}-{index}", args.job))
-                print(f"repeat {repeat + 1}/{args.repeats} {project}: "
-                      f"{samples[project][-1]['whole process']:.1f} s", flush=True)
-    rows = [{"phase": phase, **{project: _median(samples[project], phase)
-                                for project in args.projects}}
+            for index, (project, mode) in enumerate(columns):
+                with contextlib.ExitStack() as fresh:
+                    workers = root / f"w{index}" if mode != "cold" else None
+                    if mode == "worker, first job":  # a fresh worker per repeat
+                        fresh.enter_context(_worker(Path(project), workers))
+                    samples[project, mode].append(_measure(
+                        Path(project), args.args, root / f"store-{index}",
+                        root / f"{repeat}-{index}", args.job, workers))
+                print(f"repeat {repeat + 1}/{args.repeats} {project} {mode}: "
+                      f"{samples[project, mode][-1]['whole process']:.1f} s "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    name = {column: column[0] if not args.worker else
+            column[1] if len(args.projects) == 1 else " ".join(column) for column in columns}
+    rows = [{"phase": phase, **{name[column]: _median(samples[column], phase)
+                                for column in columns}}
             for phase, _, _ in (LATER_PHASES if args.job else PHASES)]
     preamble = (f"`python run.py {' '.join(args.args)}`, median of {args.repeats} "
-                "interleaved repeats, seconds")
+                "interleaved repeats, seconds; load average at the end "
+                f"{os.getloadavg()[0]:.1f}")
     _, table = write_tables(rows, PROJECT / "benchmarks" / "results" / "phases", preamble)
     print(table.read_text())
 
 
+def _env(project: Path, workers: Path | None) -> dict[str, str]:
+    """The command's (and its worker's) environment: cold unless ``workers`` is given."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project), str(PROJECT)])}
+    if workers is None:
+        return {**env, WORKER_ENV: "0"}
+    return {**env, DIR_ENV: str(workers)}
+
+
 def _measure(project: Path, run_args: list[str], store: Path, scratch: Path,
-             job: int = 0) -> dict[str, float]:
-    """One whole process: the marks of its ``job``-th job turned into phase durations."""
+             job: int = 0, workers: Path | None = None) -> dict[str, float]:
+    """One whole process (cold, or handed to the worker in ``workers``): the marks of its
+    ``job``-th job turned into phase durations."""
     scratch.mkdir(parents=True)
+    store.mkdir(exist_ok=True)
     events = scratch / "events.jsonl"
-    env = {**os.environ, EVENTS: str(events),
-           "PYTHONPATH": os.pathsep.join([str(project), str(PROJECT)])}
+    events.touch()
+    env = {**_env(project, workers), EVENTS: str(events)}
     flags = [arg for arg in run_args if arg.startswith("-")]  # -m before the overrides
-    command = [sys.executable, "-m", "benchmarks.phases", "--child", "--", *flags,
+    child = ["-m", "benchmarks.phases", "--child", "--"] if workers is None else ["run.py"]
+    command = [sys.executable, *child, *flags,
                f"hydra.run.dir={scratch / 'run'}", f"hydra.sweep.dir={scratch / 'sweep'}",
                f"tracking.uri=sqlite:///{store}/mlflow.db",
                "progress=false", *[arg for arg in run_args if arg not in flags]]
@@ -152,11 +198,52 @@ def _measure(project: Path, run_args: list[str], store: Path, scratch: Path,
         events = events[ends[job - 1] + 1:]
     for mark, when in events:
         marks.setdefault(mark, when)  # a function's first call (in the job) marks it
-    phases = {phase: marks[b] - marks[a] for phase, a, b in (LATER_PHASES if job else PHASES)
-              if a in marks and b in marks}
+    if workers is not None and "serve.start" not in marks:
+        raise RuntimeError(f"the command ran cold, not in the worker ({workers})")
+
+    def first(names: str) -> str:
+        return next((name for name in names.split("|") if name in marks), names)
+
+    found = [(phase, first(a), first(b)) for phase, a, b in (LATER_PHASES if job else PHASES)]
+    phases = {phase: marks[b] - marks[a] for phase, a, b in found if a in marks and b in marks}
     if job and "steps" in phases:
         phases["the job, less its steps"] -= phases["steps"]
     return {**phases, "whole process": marks["exit"] - marks["command"]}
+
+
+@contextlib.contextmanager
+def _worker(project: Path, directory: Path) -> Iterator[None]:
+    """A resident worker with the probes in it, serving from ``directory`` meanwhile."""
+    directory.mkdir(parents=True, exist_ok=True)
+    record = directory / RECORD
+    record.unlink(missing_ok=True)
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.phases", "--worker-child"],
+                               cwd=project, env=_env(project, directory),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not record.exists():  # written once it listens
+            if process.poll() is not None:
+                raise RuntimeError(f"the worker did not start: {directory / LOG}")
+            time.sleep(0.1)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=120)
+
+
+def _worker_child() -> None:
+    """A worker whose probes write to the file its current job's environment names."""
+
+    def record(mark: str) -> None:
+        if EVENTS in os.environ:
+            with open(os.environ[EVENTS], "a") as log:
+                log.write(json.dumps([mark, time.time()]) + "\n")
+
+    sys.meta_path.insert(0, _Probes(record))
+    from style_exp.app import worker
+
+    worker.main(["serve", "--idle-min", "60"])
 
 
 def _median(samples: list[dict[str, float]], phase: str) -> float | str:

@@ -183,7 +183,7 @@ def test_what_a_worker_cannot_run_as_a_cold_process_runs_cold(worker, tmp_path):
     jobs = worker.jobs()
     for args, env in [(["size=0"], {WORKER_ENV: "0"}),
                       (["size=0"], {"TF_ENABLE_ONEDNN_OPTS": "0"}),
-                      (["size=0", "threads.intra_op=1"], {}),
+                      (["size=0", "threads.intra_op=1"], {}), (["size=0", "tiles=64"], {}),
                       (["-m", "size=0", "hydra/launcher=joblib"], {})]:
         done = handed(args, tmp_path, worker, **env)
         assert done.returncode == 2 and "must be positive" in done.stderr, done.stderr
@@ -211,6 +211,9 @@ def test_a_worker_that_dies_mid_job_is_said_in_one_line_and_its_run_reaped(tmp_p
         process = _endless(tmp_path, inputs, dying)
         os.kill(dying.pid, signal.SIGKILL)
         _, stderr = process.communicate(timeout=60)
+        deadline = time.monotonic() + 60
+        while handoff.alive(dying.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         end(dying)
     assert process.returncode == 1

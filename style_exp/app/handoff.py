@@ -43,9 +43,10 @@ IMPORT_TIME_ENV = ("TF_", "ONEDNN_", "CUDA_", "OMP_", "KMP_", "MKL_", "XLA_", "N
 # Command-line flags a worker's job may carry; any other (Hydra's --cfg, --help, --info,
 # -c, --config-dir ...) runs cold.
 JOB_FLAGS = ("-m", "--multirun")
-# Keys whose values TensorFlow takes once per process (thread pools), or that start other
-# processes (launchers): such a command runs cold.
-COLD_KEYS = ("launcher", "threads.")
+# Keys whose values TensorFlow takes once per process (thread pools; a tiled run's
+# allocator, ``memory.configure_for_tiles``), or that start other processes (launchers):
+# such a command runs cold.
+COLD_KEYS = ("launcher", "threads.", "tiles")
 
 
 def worker_dir() -> Path:
