@@ -175,8 +175,11 @@ def test_ctrl_c_stops_the_run_killed_and_the_worker_serves_on_a_busy_one_runs_co
     run = _run(store_uri(tmp_path))
     assert run.info.status == "KILLED" and run.data.tags[runs.PID] == str(worker.pid)
     assert worker.jobs() == jobs + 1 and not worker.status()["busy"]
-    again = handed(["size=0"], tmp_path, worker)  # served: the stop was the job's alone
-    assert again.returncode == 2 and worker.jobs() == jobs + 2
+    # served, and the stop was that job's alone: the next one runs to its end
+    again = handed([*inputs, f"hydra.run.dir={tmp_path / 'again'}",
+                    f"tracking.uri={store_uri(tmp_path / 'again')}"], tmp_path, worker)
+    assert again.returncode == 0, again.stderr
+    assert worker.jobs() == jobs + 2
 
 
 def test_what_a_worker_cannot_run_as_a_cold_process_runs_cold(worker, tmp_path):
@@ -235,3 +238,13 @@ def test_the_worker_ends_after_its_idle_time():
     finally:
         end(idle)
     assert not (idle.directory / SOCKET).exists() and "no job for 0.05 min" in idle.log()
+
+
+def test_stop_during_a_job_stops_it_like_sigterm_then_ends_the_worker(worker, tmp_path, inputs):
+    """Last: it ends the module's worker."""
+    process = _endless(tmp_path, inputs, worker)
+    end(worker)  # `python -m style_exp.worker stop`, checked to say it stopped
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and stderr.startswith("stopped by SIGTERM"), stderr
+    assert _run(store_uri(tmp_path)).info.status == "KILLED"
+    assert not handoff.alive(worker.pid) and not (worker.directory / SOCKET).exists()

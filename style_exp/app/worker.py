@@ -29,6 +29,7 @@ import queue
 import runpy
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -199,6 +200,11 @@ class Worker:
             except OSError:
                 return
             conn.settimeout(handoff.ANSWER_S)
+            _, uid, _ = struct.unpack("3i", conn.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            if uid not in (os.getuid(), 0):  # the socket's mode says so already
+                conn.close()
+                continue
             try:
                 data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
                 messages = Messages(conn, data)
@@ -258,6 +264,8 @@ class Worker:
                 code = cli.serve(self.task)
             except KeyboardInterrupt as stop:  # landed outside the app's own handling
                 code = 128 + getattr(stop, "signum", signal.SIGINT)
+            except SystemExit as stop:  # relayed before the app set its handlers (_quit)
+                code = int(stop.code)
             finally:
                 self._end_job()
         asked = [signum for signum in stopping.requested() if signum not in self.relayed]
