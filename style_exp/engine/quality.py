@@ -105,7 +105,10 @@ class QualityMeter:
         """The distances of ``image``, resized to the size the photo is measured at.
 
         The last few images' are kept by their pixels' digest: a sweep's jobs that start
-        from the same image (``init=content``) measure it once."""
+        from the same image (``init=content``) measure it once. The digest is taken at the
+        measuring size, what the distances depend on (a print-size image is not hashed whole)."""
+        if image.shape[1::-1] != self.size:
+            image = resize(image, self.size)
         key = pixels_digest(image)
         if key not in self._measured:
             if len(self._measured) >= KEEP_MEASURED:
@@ -114,8 +117,7 @@ class QualityMeter:
         return dict(self._measured[key])
 
     def _measure(self, image: np.ndarray) -> dict[str, float]:
-        if image.shape[1::-1] != self.size:
-            image = resize(image, self.size)
+        """The distances of an image at the measuring size."""
         features = self._features(image)
         style = np.mean([relative_distance(gram_matrix(features[layer]), self.grams[layer])
                          for layer in STYLE_LAYERS])

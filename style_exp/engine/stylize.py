@@ -61,9 +61,9 @@ def stylize(
     """
     reporter = Reporter(iterations, loop.log_every, loop.checkpoint_every, callback,
                         loop.optimizer.remedy(KNOB_PREFIX), loop.stop)
-    workspace = workspace or Workspace()
+    # Only a kept workspace keeps targets: a throwaway one would only hash the images.
     result = optimise(loop.optimizer, objective(problem, network, tile, loop.xla, workspace),
-                      init, iterations, reporter, workspace)
+                      init, iterations, reporter, workspace or Workspace())
     if require_progress:
         reporter.check_progress(result, np.clip(init, *PIXEL_RANGE))
     return result
