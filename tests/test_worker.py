@@ -182,6 +182,19 @@ def test_ctrl_c_stops_the_run_killed_and_the_worker_serves_on_a_busy_one_runs_co
     assert worker.jobs() == jobs + 2
 
 
+def test_a_client_killed_outright_stops_its_job_as_sighup_would(worker, tmp_path, inputs):
+    jobs = worker.jobs()
+    process = _endless(tmp_path, inputs, worker)
+    process.kill()  # the terminal's process gone: nobody would relay a signal
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 120
+    while f"job {jobs + 1} exit" not in worker.log() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert f"job {jobs + 1} exit 129 " in worker.log()  # 128 + SIGHUP
+    run = _run(store_uri(tmp_path))
+    assert run.info.status == "KILLED" and (tmp_path / "out" / "output.png").is_file()
+
+
 def test_what_a_worker_cannot_run_as_a_cold_process_runs_cold(worker, tmp_path):
     jobs = worker.jobs()
     for args, env in [(["size=0"], {WORKER_ENV: "0"}),
