@@ -71,7 +71,9 @@ def main(hydra_main: Callable[[], None]) -> NoReturn:
 def serve(hydra_main: Callable[[], None]) -> int:
     """What :func:`main` does, for a process that goes on (the resident worker,
     ``app/worker.py``): the same exit code and last message, the output flushed, and the
-    process left running. Hydra's global state is cleared first, as a new process has it."""
+    process left running. Hydra clears its global state when an app ends; it is cleared
+    here too for one cut short before Hydra's own clean-up was set up (a stop landing
+    there), so the next app starts as in a new process."""
     GlobalHydra.instance().clear()
     exit_code, message = _outcome(hydra_main)
     _say(message)
