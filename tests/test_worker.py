@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,9 +56,25 @@ class Worker:
         return (self.directory / LOG).read_text()
 
 
+FOLDERS: list[Path] = []  # removed once the module's tests are done
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_folders() -> Iterator[None]:
+    yield
+    for folder in FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def short_folder() -> Path:
+    """A temporary folder with a short path: a socket's path has at most 107 bytes."""
+    FOLDERS.append(Path(tempfile.mkdtemp(prefix="sw")))
+    return FOLDERS[-1]
+
+
 def start_worker(idle_min: float = 30) -> Worker:
     """A worker of its own in a short temporary folder (never the user's cache folder)."""
-    directory = Path(tempfile.mkdtemp(prefix="sw"))  # a socket's path has at most 107 bytes
+    directory = short_folder()
     env = cli_env(**{DIR_ENV: str(directory)})
     done = subprocess.run([sys.executable, "-m", "style_exp.worker", "start", "--idle-min",
                            str(idle_min)], cwd=PROJECT, env=env, capture_output=True,
@@ -209,7 +226,7 @@ def test_what_a_worker_cannot_run_as_a_cold_process_runs_cold(worker, tmp_path):
 
 
 def test_a_stale_socket_is_cleaned_up_and_the_command_runs_cold(tmp_path):
-    directory = Path(tempfile.mkdtemp(prefix="sw"))
+    directory = short_folder()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     (directory / RECORD).write_text(f'{{"pid": {dead}}}')
