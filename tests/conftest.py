@@ -112,8 +112,10 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300,
 
 
 # A sweep's launching process ends this soon after printing its summary, or it is hung
-# (loky's idle workers once kept it for 300 s): the bound, with room for CI's load.
-EXIT_AFTER_SUMMARY_S = 10.0
+# (loky's idle workers once kept it for 300 s, MLflow's default retries 247 s). A hang
+# detector, not a speed target: the exit's time is measured where speed is (README's
+# launcher table, 0.1-2 s); 10 s failed once at 10.9 s on 2 cores at load 7.
+EXIT_AFTER_SUMMARY_S = 60.0
 
 
 @dataclass(frozen=True)
