@@ -4,6 +4,7 @@ FAIL, PRUNED or their (mean) values, and a study killed part-way and resumed."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import signal
@@ -321,3 +322,14 @@ def test_a_trial_that_missed_a_constraint_is_never_the_best():
     trial.set_user_attr(CONSTRAINTS_ATTR, [0.5])
     only_missed.tell(trial, [1.0, 1.0])
     assert best_trials(only_missed) == []
+
+
+def test_a_long_front_shows_a_few_images_evenly_along_it_ends_kept():
+    """24 of 30 trials on the front drew 24 overlapping images; now 8, both ends kept."""
+    from style_exp.app.pareto import IMAGES_SHOWN, shown
+
+    front = list(range(24))
+    picked = shown(front)
+    assert len(picked) == IMAGES_SHOWN and picked[0] == 0 and picked[-1] == 23
+    assert all(3 <= b - a <= 4 for a, b in itertools.pairwise(picked))
+    assert shown(front[:5]) == front[:5]

@@ -19,6 +19,7 @@ from style_exp.spec.metrics import CONTENT_DISTANCE, STYLE_DISTANCE
 PRUNED_TAG, TRIAL_TAG = "style_exp.pruned", "style_exp.trial"  # as app/study.py tags them
 LABEL_CHARS = 30
 THUMBNAIL = 40  # px, each front run's image on the plot
+IMAGES_SHOWN = 8  # front runs drawn with their image and label; the others as points
 
 
 class Measured(Protocol):  # compare.Entry
@@ -42,6 +43,15 @@ def _label(entry: Measured) -> str:
     """A search's trial by its number; another run by its swept values, cut short."""
     trial = entry.run.data.tags.get(TRIAL_TAG)
     return f"trial {trial}" if trial is not None else entry.label[:LABEL_CHARS]
+
+
+def shown(front: Sequence[Any]) -> list[Any]:
+    """At most :data:`IMAGES_SHOWN` points of the front, evenly along it, both ends kept: a
+    search's front may hold most of its trials, whose images would cover each other."""
+    if len(front) <= IMAGES_SHOWN:
+        return list(front)
+    picks = np.linspace(0, len(front) - 1, IMAGES_SHOWN).round().astype(int)
+    return [front[i] for i in picks]
 
 
 def pareto_plot(entries: Sequence[Measured], path: Path) -> Path | None:
@@ -71,7 +81,7 @@ def pareto_plot(entries: Sequence[Measured], path: Path) -> Path | None:
         axes.scatter(*zip(*cut, strict=True), color="0.7", marker="x", label="pruned")
     xs, ys = zip(*(p for p, _ in front), strict=True)
     axes.plot(xs, ys, "o-", color="tab:red", label="Pareto front", zorder=3)
-    for (x, y), entry in front:
+    for (x, y), entry in shown(front):
         image = OffsetImage(entry.image.astype(np.uint8), zoom=THUMBNAIL / max(entry.image.shape))
         axes.add_artist(AnnotationBbox(image, (x, y), xybox=(30, 30), boxcoords="offset points",
                                        pad=0.1, arrowprops={"arrowstyle": "-", "color": "0.5"}))
@@ -79,7 +89,9 @@ def pareto_plot(entries: Sequence[Measured], path: Path) -> Path | None:
                       fontsize=7)
     axes.set_xlabel("content distance (to the photo, relu4_2)")
     axes.set_ylabel("style distance (to the styles' Grams, relu1_1..5_1)")
-    axes.set_title(f"Pareto front: {len(front)} of {len(measured)} runs; lower is closer")
+    pictured = f" ({IMAGES_SHOWN} with images)" if len(front) > IMAGES_SHOWN else ""
+    axes.set_title(f"Pareto front: {len(front)} of {len(measured)} runs{pictured}; "
+                   "lower is closer")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7, loc="upper right")
     axes.margins(0.15)
