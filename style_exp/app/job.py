@@ -89,7 +89,8 @@ class Job:
         """Where an independent video frame starts: the configured init, seeded per frame."""
         content = color.prepare(frame, [], self.spec.color)[0]
         rng = np.random.default_rng([self.spec.seed, index])
-        return initial_image(self.spec.init, content, self.problem.styles, rng)
+        return initial_image(self.spec.init, content, self.problem.styles, rng,
+                             self.problem.style_blend)
 
 
 def prepare(plan: Plan) -> Job:
@@ -107,7 +108,8 @@ def prepare(plan: Plan) -> Job:
     labels = frame_labels(masks, clip) if masks is not None else ()
     inputs = load_inputs(spec, clip)
     content, styles = color.prepare(inputs.content, inputs.styles, spec.color)
-    init = initial_image(spec.init, content, styles, np.random.default_rng(spec.seed))
+    init = initial_image(spec.init, content, styles, np.random.default_rng(spec.seed),
+                         spec.inputs.blend)
     weights: VGGWeights = WARM.get("weights", spec.model.weights,
                                    lambda: load_weights(spec.model.weights))
     blend = list(spec.inputs.blend)

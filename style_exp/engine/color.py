@@ -47,15 +47,19 @@ def with_content_chroma(stylised: np.ndarray, content: np.ndarray) -> np.ndarray
     return np.clip(yiq_to_rgb(yiq), 0.0, 255.0).astype(np.float32)
 
 
-def match_color_statistics(style: np.ndarray, content: np.ndarray) -> np.ndarray:
+def match_color_statistics(style: np.ndarray, content: np.ndarray,
+                           weights: np.ndarray | None = None) -> np.ndarray:
     """Affinely recolour ``style`` so its RGB mean and covariance equal the content's.
 
     x' = A (x - mu_s) + mu_c with A = Sigma_c^(1/2) Sigma_s^(-1/2) (symmetric roots).
+    ``content`` may be any array of RGB pixels, e.g. several images' pooled, with
+    ``weights`` per pixel (a blend of paintings: each weighted by its share).
     """
     pixels_s = style.reshape(-1, 3).astype(np.float64)
     pixels_c = content.reshape(-1, 3).astype(np.float64)
-    mean_s, mean_c = pixels_s.mean(axis=0), pixels_c.mean(axis=0)
-    transform = _sqrtm(np.cov(pixels_c.T), 0.5) @ _sqrtm(np.cov(pixels_s.T), -0.5)
+    mean_s, mean_c = pixels_s.mean(axis=0), np.average(pixels_c, axis=0, weights=weights)
+    transform = (_sqrtm(np.cov(pixels_c.T, aweights=weights), 0.5)
+                 @ _sqrtm(np.cov(pixels_s.T), -0.5))
     matched = (pixels_s - mean_s) @ transform.T + mean_c
     return np.clip(matched, 0.0, 255.0).reshape(style.shape).astype(np.float32)
 

@@ -287,6 +287,7 @@ class InitSettings:
     path: str | None = None  # the image for kind=image
     noise_scale: float = 0.256  # std of the noise around the mean pixel (0..255 units)
     noise_ratio: float = 0.0  # blend: (1 - r) * start image + r * noise
+    recolor: bool = False  # recolour the start to the styles' RGB mean and covariance
 
     def check(self, prefix: str = "") -> None:
         check_choice(f"{prefix}kind", self.kind, INIT_KINDS)
