@@ -14,7 +14,10 @@ For each content/style pair and size:
    wall time (start to exit) and its output are the reference. Cached in
    ``<out>/seed_runs.json`` (time, score, output path); ``--reuse-seed`` reuses a cached run
    of the same pair, size and steps instead of running it again (6.5 min per pair at 256 px,
-   about 25 at 512).
+   about 25 at 512). ``--seed-timing N`` times the seed code again in this session, with
+   two short runs of N and 2N steps, and compares against its projected whole-process
+   time, T(N) + (iterations - N) * (T(2N) - T(N)) / N (Adam's steps all cost the same):
+   a cached 1000-step run from a busier hour would flatter every ratio.
 2. Each combo is a list of plain CLI overrides for ``python run.py content=C style=S
    size=N`` (``defaults`` is none at all, so it follows whatever the defaults are now);
    ``{size}``, ``{half}`` and ``{quarter}`` in an override are replaced by the size and its
@@ -114,6 +117,13 @@ def first_crossing(times: Sequence[float], ratios: Sequence[float],
     return None
 
 
+def projected_seconds(short: float, double: float, steps: int, iterations: int) -> float:
+    """A run of ``iterations`` steps, from runs of ``steps`` and ``2 * steps`` that took
+    ``short`` and ``double`` seconds: start-up and the first steps once, then the per-step
+    slope of the difference."""
+    return short + (iterations - steps) * (double - short) / steps
+
+
 def expand(overrides: str, size: int) -> list[str]:
     """A combo's override string as argv items, ``{size}``/``{half}``/``{quarter}`` filled."""
     return [item.format(size=size, half=size // 2, quarter=size // 4)
@@ -191,10 +201,34 @@ def run_seed(args: argparse.Namespace, content: str, style: str, size: int, widt
         print(f"  seed code: cached, {cached['seconds']:.1f} s", flush=True)
         return cached
     output = args.out / "seed" / f"{key.replace('|', '-')}.png"
+    seconds = _time_seed(args, content, style, width, args.seed_iterations, output)
+    cache[key] = {"seconds": seconds, "loss": scorer(output, resize_to_fit=True),
+                  "output": str(output), "iterations": args.seed_iterations, "width": width}
+    (args.out / "seed_runs.json").write_text(json.dumps(cache, indent=2))
+    return cache[key]
+
+
+def time_seed_now(args: argparse.Namespace, content: str, style: str, width: int,
+                  seed: dict) -> dict:
+    """``seed`` with its seconds projected from two short runs timed now (``--seed-timing``);
+    the full run's own time kept as ``full_seconds``."""
+    steps = args.seed_timing
+    stem = args.out / "seed" / f"timing-{pair_name(f'{content}:{style}')}-{width}"
+    short, double = (_time_seed(args, content, style, width, n, Path(f"{stem}-{n}.png"))
+                     for n in (steps, 2 * steps))
+    seconds = projected_seconds(short, double, steps, args.seed_iterations)
+    print(f"  seed code now: {steps} steps {short:.1f} s, {2 * steps} steps {double:.1f} s: "
+          f"{args.seed_iterations} steps projected {seconds:.1f} s", flush=True)
+    return {**seed, "seconds": seconds, "full_seconds": seed["seconds"]}
+
+
+def _time_seed(args: argparse.Namespace, content: str, style: str, width: int,
+               iterations: int, output: Path) -> float:
+    """Whole-process seconds of one run of the seed code; exits if it fails."""
     output.parent.mkdir(parents=True, exist_ok=True)
     command = [str(args.seed_code / "run-seed.sh"), "--content", content, "--styles", style,
                "--output", str(output), "--width", str(width),
-               "--iterations", str(args.seed_iterations), "--overwrite"]
+               "--iterations", str(iterations), "--overwrite"]
     print(f"  seed code: {shlex.join(command)}", flush=True)
     with open(output.with_suffix(".log"), "w") as log:
         started = time.perf_counter()
@@ -202,10 +236,7 @@ def run_seed(args: argparse.Namespace, content: str, style: str, size: int, widt
         seconds = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"the seed code failed (exit {done.returncode}): see {output.with_suffix('.log')}")
-    cache[key] = {"seconds": seconds, "loss": scorer(output, resize_to_fit=True),
-                  "output": str(output), "iterations": args.seed_iterations, "width": width}
-    (args.out / "seed_runs.json").write_text(json.dumps(cache, indent=2))
-    return cache[key]
+    return seconds
 
 
 def run_ours(args: argparse.Namespace, overrides: list[str], run_dir: Path, uri: str,
@@ -286,6 +317,7 @@ def table_row(pair: str, size: int, name: str, overrides: str, seed: dict, curve
         "plain_ratio": plain_ratio,
         "ckpt_overhead_s": curve.total_s - plain_s,
         "seed_s": seed_s,
+        "seed_full_run_s": seed.get("full_seconds", seed_s),
         "seed_loss": seed["loss"],
     }
 
@@ -404,6 +436,10 @@ def main() -> None:
     parser.add_argument("--seed-iterations", type=int, default=1000)
     parser.add_argument("--reuse-seed", action="store_true",
                         help="reuse the seed code's cached run from <out>/seed_runs.json")
+    parser.add_argument("--seed-timing", type=int, default=0, metavar="N",
+                        help="time the seed code now by runs of N and 2N steps and compare "
+                             "against its projected time (with --reuse-seed: a cached run "
+                             "scores quality, today's runs time it)")
     parser.add_argument("--seed-code", type=Path, default=SEED_CODE)
     parser.add_argument("--images", type=Path, default=IMAGES)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "ttq")
@@ -449,6 +485,8 @@ def main() -> None:
             side = max(width, round(style_height * width / style_width))
             scorer = Scorer(network, content, style, size, side)
             seed = run_seed(args, content, style, size, width, scorer, cache)
+            if args.seed_timing:
+                seed = time_seed_now(args, content, style, width, seed)
             print(f"  seed code: {seed['seconds']:.1f} s, loss {seed['loss']:.5g}", flush=True)
             pair_curves, plains = {}, {}
             for combo in args.combos:

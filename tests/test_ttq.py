@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from benchmarks.ttq import expand, first_crossing, parse_definition
+from benchmarks.ttq import expand, first_crossing, parse_definition, projected_seconds
 
 
 def test_first_crossing_interpolates_between_the_bracketing_points():
@@ -34,3 +34,9 @@ def test_combo_overrides_fill_in_the_size():
     assert expand("", 256) == []
     assert parse_definition("fast=optimizer=lbfgs iterations=80") == (
         "fast", "optimizer=lbfgs iterations=80")
+
+
+def test_seed_time_is_projected_from_the_slope_of_two_short_runs():
+    # 12 s of start-up, 0.4 s a step: 20 steps 20 s, 40 steps 28 s -> 1000 steps 412 s
+    assert projected_seconds(20.0, 28.0, 20, 1000) == pytest.approx(412.0)
+    assert projected_seconds(20.0, 28.0, 20, 20) == 20.0
