@@ -9,7 +9,11 @@ SQLite store, and reads the runs back: a job's step time is its ``time/steps`` t
 ``time/per_iteration_ms`` (the median step after the first); a later job's own overhead
 is the time from the previous run's end to its own end, less its step time (everything
 it pays besides its steps: Hydra's next job, preflight, its MLflow run, targets, quality
-measurements, images). Prints one row per repeat and checkout with the load average.
+measurements, images). An L-BFGS iteration may evaluate the objective more than once
+(the first evaluates the start too, a line search halves its step), so the table also
+counts the steps by evaluations: ``lbfgs/evaluations`` times the median step (one
+evaluation), and the overhead beyond that. Prints one row per repeat and checkout with
+the load average.
 
 ``--worker`` also hands each sweep to a resident worker (``python -m style_exp.worker
 start``, one per checkout, started before the repeats and not timed), interleaved with
@@ -51,14 +55,23 @@ def sweep(project: Path, run_args: list[str], scratch: Path,
     client = MlflowClient(uri)
     runs = sorted(client.search_runs([client.get_experiment_by_name("style_exp").experiment_id]),
                   key=lambda run: run.info.start_time)
-    steps = [run.data.metrics["time/steps"] * run.data.metrics["time/per_iteration_ms"] / 1e3
-             for run in runs]
+    step_s = [run.data.metrics["time/per_iteration_ms"] / 1e3 for run in runs]
+    steps = [run.data.metrics["time/steps"] * step for run, step in zip(runs, step_s, strict=True)]
+    evaluations = [run.data.metrics.get("lbfgs/evaluations", run.data.metrics["time/steps"])
+                   * step for run, step in zip(runs, step_s, strict=True)]
     ends = [run.info.end_time / 1e3 for run in runs]
-    overheads = [ends[i] - ends[i - 1] - steps[i] for i in range(1, len(runs))]
+
+    def later_overheads(work: list[float]) -> list[float]:
+        return [ends[i] - ends[i - 1] - work[i] for i in range(1, len(runs))]
+
+    by_steps, by_evaluations = later_overheads(steps), later_overheads(evaluations)
     return {"load": load, "jobs": len(runs), "wall_s": wall, "steps_s": sum(steps),
             "wall_minus_steps_s": wall - sum(steps),
-            "later_job_overhead_s": statistics.median(overheads),
-            "later_overhead_min_s": min(overheads), "later_overhead_max_s": max(overheads)}
+            "later_job_overhead_s": statistics.median(by_steps),
+            "later_overhead_min_s": min(by_steps), "later_overhead_max_s": max(by_steps),
+            "evaluations_s": sum(evaluations),
+            "wall_minus_evaluations_s": wall - sum(evaluations),
+            "later_job_overhead_by_evaluations_s": statistics.median(by_evaluations)}
 
 
 def main() -> None:
@@ -71,7 +84,8 @@ def main() -> None:
     args = parser.parse_args()
     modes = ("cold", "worker") if args.worker else ("cold",)
     print("| repeat | checkout | load | jobs | wall s | steps s | wall - steps | "
-          "later job overhead (median, min-max) s |\n|---|---|---|---|---|---|---|---|")
+          "later job overhead (median, min-max) s | evaluations s | wall - evaluations | "
+          "later job overhead beyond its evaluations |\n" + "|---" * 11 + "|")
     with tempfile.TemporaryDirectory(prefix="so") as scratch, contextlib.ExitStack() as kept:
         envs = {(project, mode): {**os.environ, WORKER_ENV: "0"} if mode == "cold" else
                 kept.enter_context(_worker(Path(project).resolve(), Path(scratch) / f"w{i}"))
@@ -84,7 +98,9 @@ def main() -> None:
                 print(f"| {repeat + 1} | {project} {mode} | {row['load']:.1f} | {row['jobs']} | "
                       f"{row['wall_s']:.1f} | {row['steps_s']:.1f} | "
                       f"{row['wall_minus_steps_s']:.1f} | {row['later_job_overhead_s']:.2f} "
-                      f"({row['later_overhead_min_s']:.2f}-{row['later_overhead_max_s']:.2f}) |",
+                      f"({row['later_overhead_min_s']:.2f}-{row['later_overhead_max_s']:.2f}) | "
+                      f"{row['evaluations_s']:.1f} | {row['wall_minus_evaluations_s']:.1f} | "
+                      f"{row['later_job_overhead_by_evaluations_s']:.2f} |",
                       flush=True)
 
 
