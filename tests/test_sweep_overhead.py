@@ -124,6 +124,16 @@ def test_a_later_job_reuses_targets_and_start_quality_and_logs_what_a_cold_one_l
         assert warm.tags[key] == cold.tags[key], key
 
 
+def test_tensorflow_seed_is_set_once_per_seed_not_per_job(parse_config, base, monkeypatch):
+    """Setting it clears TensorFlow's kernel cache: every compiled step is built again."""
+    seeds = []
+    monkeypatch.setattr(tf.random, "set_seed", seeds.append)
+    monkeypatch.setattr(job, "WARM", Warm())
+    for extra in (["seed=1"], ["seed=1", "loss.style_weight=50"], ["seed=2"]):
+        job.prepare(preflight.check(parse_config([*base, *extra])))
+    assert seeds == [1, 2]
+
+
 def test_the_meter_measures_an_image_once_and_keeps_only_the_latest(weights, computed):
     meter = QualityMeter(weights, gradient_image(40, 48), [stripes_image(48, 48)], [1.0])
     photo = gradient_image(40, 48)
