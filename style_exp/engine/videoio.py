@@ -75,7 +75,10 @@ class Clip:
 
     def _video_frames(self) -> Iterator[np.ndarray]:
         reader = imageio_ffmpeg.read_frames(str(self.source))
-        width, height = next(reader)["size"]
+        try:  # the checks read it, but it may have changed since: fail naming the file
+            width, height = next(reader)["size"]
+        except (OSError, RuntimeError, StopIteration) as error:
+            raise _unreadable(self.source, error) from error
         try:
             for buffer in reader:
                 yield np.frombuffer(buffer, np.uint8).reshape(height, width, 3).astype(np.float32)
@@ -154,13 +157,18 @@ def _probe_video(path: Path) -> tuple[tuple[int, int], float, int, bool]:
         reader.close()
         frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
     except (OSError, RuntimeError, StopIteration) as error:
-        raise VideoError(f"cannot read video: {_ffmpeg_reason(error)}", str(path)) from error
+        raise _unreadable(path, error) from error
     if frames == 0 or not meta.get("size"):
         raise VideoError("video has no frames", str(path))
     fps = float(meta.get("fps") or 0.0)
     if not fps > 0:
         raise VideoError("video reports no frame rate", str(path), "set video.fps")
     return tuple(meta["size"]), fps, frames, bool(meta.get("audio_codec"))
+
+
+def _unreadable(path: Path, error: Exception) -> VideoError:
+    """A video ffmpeg cannot read, with ffmpeg's reason."""
+    return VideoError(f"cannot read video: {_ffmpeg_reason(error)}", str(path))
 
 
 def _ffmpeg_reason(error: Exception) -> str:
