@@ -1,13 +1,16 @@
 """Spatial control on a clip with a label image per frame (``masks.content=DIR``)."""
 
+import sys
+from collections import Counter
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import gradient_image, run_cli, run_config, stripes_image, write_image
 from mlflow.tracking import MlflowClient
 
-from style_exp.app import preflight
-from style_exp.engine import video
+from style_exp.app import job, preflight
+from style_exp.engine import video, videoio
 from style_exp.engine.images import load_image
 from style_exp.engine.masks import Region, frame_labels, label_masks
 from style_exp.engine.objective import Problem, build_network
@@ -147,6 +150,37 @@ def test_a_label_folder_is_checked_before_the_run(parse_config, tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
     assert "masks.regions[0].color" in lines[0]
+
+
+def counted(monkeypatch, original) -> Counter:
+    """Calls of ``original`` by its first argument, wherever a style_exp module holds it."""
+    calls: Counter = Counter()
+
+    def counting(first, *args, **kwargs):
+        calls[str(first)] += 1
+        return original(first, *args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        if module.__name__.startswith("style_exp") and \
+                getattr(module, original.__name__, None) is original:
+            monkeypatch.setattr(module, original.__name__, counting)
+    return calls
+
+
+def test_the_clip_is_opened_and_its_folders_listed_once(parse_config, tmp_path, monkeypatch):
+    """The preflight opens the clip and lists its frames and label images; the job uses
+    them as checked, deriving neither again (and no optimisation step is needed to see it)."""
+    frames, masks = write_clip(tmp_path, ["left", "right"])
+    opened = counted(monkeypatch, videoio.open_clip)
+    listed = counted(monkeypatch, videoio.frame_files)
+    plan = preflight.check(parse_config(clip_overrides(tmp_path, frames, masks)))
+    made = job.prepare(plan)
+    assert opened == {str(frames): 1}
+    assert listed == {str(frames): 1, str(masks): 1}
+    assert made.clip is plan.sizes.clip and made.clip.count == 2
+    assert [path.name for path in made.labels] == ["l0.png", "l1.png"]
+    red, _ = label_masks(labels("left"), [RED, BLUE])
+    np.testing.assert_array_equal(made.problem.regions[0].mask, red)
 
 
 class MovingMasks:

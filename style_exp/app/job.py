@@ -27,12 +27,12 @@ from style_exp.engine.demo import demo_paintings, demo_photo
 from style_exp.engine.device import compute_precision
 from style_exp.engine.images import load_image, pixels_digest, resize
 from style_exp.engine.init import initial_image
-from style_exp.engine.masks import frame_labels, load_regions
+from style_exp.engine.masks import load_regions
 from style_exp.engine.objective import Problem, Workspace, build_network
 from style_exp.engine.quality import QualityMeter
 from style_exp.engine.stylize import rescaled
 from style_exp.engine.vgg import VGG19Features
-from style_exp.engine.videoio import Clip, open_clip
+from style_exp.engine.videoio import Clip
 from style_exp.engine.weights import VGGWeights, load_weights
 from style_exp.spec.runspec import RunSpec
 
@@ -96,11 +96,7 @@ class Job:
 def prepare(plan: Plan) -> Job:
     """Load and build everything the plan's spec asks for."""
     spec = plan.spec
-    clip = None
-    if spec.inputs.clip is not None:
-        reading = spec.inputs.clip
-        clip = open_clip(spec.inputs.content, spec.size, reading.stride, reading.max_frames,
-                         reading.fps)
+    clip, labels = plan.sizes.clip, plan.sizes.labels  # as the preflight opened and listed them
     if spec.determinism:
         tf.config.experimental.enable_op_determinism()
     # Every draw of a run is numpy's, seeded by the job; TensorFlow's seed covers any
@@ -109,7 +105,6 @@ def prepare(plan: Plan) -> Job:
     # a sweep's jobs with one seed set it once.
     WARM.get("tf_seed", spec.seed, lambda: tf.random.set_seed(spec.seed))
     masks = spec.inputs.masks
-    labels = frame_labels(masks, clip) if masks is not None else ()
     inputs = load_inputs(spec, clip)
     content, styles = color.prepare(inputs.content, inputs.styles, spec.color)
     init = initial_image(spec.init, content, styles, np.random.default_rng(spec.seed),

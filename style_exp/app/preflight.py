@@ -24,7 +24,7 @@ from style_exp.engine import memory
 from style_exp.engine.device import host_precision
 from style_exp.engine.images import file_sha256, fitted_size, image_size
 from style_exp.engine.masks import check_labels
-from style_exp.engine.videoio import open_clip
+from style_exp.engine.videoio import Clip, open_clip
 from style_exp.engine.weights import WEIGHT_SOURCES, weights_file
 from style_exp.spec.errors import RunFailure, UserError
 from style_exp.spec.runspec import AUTO, RunSpec, style_side
@@ -37,16 +37,24 @@ LOCAL_STORE_HINT = "or use a local store: tracking.uri=sqlite:///runs/mlflow.db"
 
 @dataclass(frozen=True)
 class InputSizes:
-    """The inputs' own (width, height), read from their headers."""
+    """The inputs' own (width, height), read from their headers, and a clip as checked:
+    the job reads the frames and label images found here, not a second listing of them."""
 
     content: tuple[int, int]
     styles: tuple[tuple[int, int], ...]
-    video: bool = False
+    clip: Clip | None = None  # content is a clip: its frames at the working size
+    labels: tuple[Path, ...] = ()  # the label image of each of its frames (masks.content=DIR)
+
+    @property
+    def video(self) -> bool:
+        """Whether content is a clip (the memory estimate adds its frame buffers)."""
+        return self.clip is not None
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A run that passed its preflight: its spec, its inputs' sizes and the tile it uses.
+    """A run that passed its preflight: its spec, its inputs' sizes (a clip's frames and
+    label images as checked) and the tile it uses.
 
     ``tile`` (px; 0: none) is decided here once, ``tiles=auto`` from one reading of the
     free memory: the tile the memory check approved is the tile the run uses.
@@ -126,10 +134,9 @@ def input_sizes(spec: RunSpec) -> InputSizes:
     styles = tuple(image_size(path) for path in inputs.styles)
     clip = None if inputs.clip is None else open_clip(
         inputs.content, spec.size, inputs.clip.stride, inputs.clip.max_frames, inputs.clip.fps)
-    if inputs.masks is not None:
-        check_labels(inputs.masks, clip)
+    labels = () if inputs.masks is None else check_labels(inputs.masks, clip)
     if clip is not None:
-        return InputSizes(clip.size, styles, video=True)
+        return InputSizes(clip.size, styles, clip, labels)
     return InputSizes(image_size(inputs.content), styles)
 
 

@@ -86,9 +86,10 @@ def frame_labels(masks: MaskSpec, clip: Clip | None) -> tuple[Path, ...]:
     return tuple(clip.chosen(files))
 
 
-def check_labels(masks: MaskSpec, clip: Clip | None = None) -> None:
+def check_labels(masks: MaskSpec, clip: Clip | None = None) -> tuple[Path, ...]:
     """The label image (or each of the clip's per-frame ones) reads, and every region's
-    colour is in it (in at least one of them), before TensorFlow loads."""
+    colour is in it (in at least one of them), before TensorFlow loads; the per-frame
+    label images (``frame_labels``), for the run to use as checked."""
     files = frame_labels(masks, clip)
     for path in files:
         image_size(path)  # a broken label image fails here, not at its frame
@@ -97,7 +98,7 @@ def check_labels(masks: MaskSpec, clip: Clip | None = None) -> None:
     for path in files or (Path(masks.content),):
         missing &= set(missing_colors(load_image(path), colors))
         if not missing:
-            return
+            return files
     where = (f"any of the {len(files)} label images in {masks.content}" if files
              else f"the label image {masks.content}")
     index = min(missing)
