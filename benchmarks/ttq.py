@@ -75,6 +75,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Our runs get the environment this benchmark started with, not what loading TensorFlow
+# here adds to it (KMP_DUPLICATE_LIB_OK): a resident worker hands over only to a command
+# whose environment is its own (README, "Resident worker").
+RUN_ENV = dict(os.environ)
 IMAGES = Path(os.environ.get("STYLE_EXP_IMAGES", ROOT.parent / "shared" / "images"))
 SEED_CODE = Path(os.environ.get("SEEDCODE_DIR", ROOT.parent / "shared" / "seedcode"))
 PAIRS = ("stata.jpg:dora_maar.jpg", "tubingen.jpg:starry_night.jpg",
@@ -256,8 +260,8 @@ def run_ours(args: argparse.Namespace, overrides: list[str], run_dir: Path, uri:
         log.write(shlex.join(command) + "\n")
         log.flush()
         wall_start, started = time.time(), time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              timeout=args.timeout)
+        done = subprocess.run(command, cwd=ROOT, env=RUN_ENV, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=args.timeout)
         seconds = time.perf_counter() - started
     new = [run for run in client.search_runs([experiment], max_results=50000)
            if run.info.run_id not in before]
