@@ -54,10 +54,8 @@ PROBES = {
     "style_exp.app.execute": ["execute", "reap", "prepare", "reproduction_record",
                               "_log_inputs", "stylize_scales", "_write_result", "log_image",
                               "plot_losses"],
-    "style_exp.app.job": ["load_inputs", "load_weights", "build_network"],
-    # the method before the class: wrapping the class hides its methods (a meter may be
-    # built and used on a thread of its own: its phases then overlap the main thread's)
-    "style_exp.engine.quality": ["QualityMeter.__call__", "QualityMeter"],
+    "style_exp.app.job": ["load_inputs", "load_weights", "build_network", "QualityMeter"],
+    "style_exp.engine.quality": ["QualityMeter.__call__"],
     "style_exp.engine.stylize": ["objective"],
     "style_exp.engine.progress": ["Reporter.report"],
 }

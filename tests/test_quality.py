@@ -1,7 +1,5 @@
 """Quality distances: zero at their targets, relative, measured at the photo's size."""
 
-import threading
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,7 +9,6 @@ from style_exp.engine.quality import (
     CONTENT_DISTANCE,
     STYLE_DISTANCE,
     STYLE_SWD,
-    AsideMeter,
     QualityMeter,
     relative_distance,
 )
@@ -48,27 +45,6 @@ def test_the_painting_is_closer_in_style_and_the_photo_in_content(weights, photo
     assert as_painting[STYLE_SWD] < as_photo[STYLE_SWD]
     assert as_photo[CONTENT_DISTANCE] < as_painting[CONTENT_DISTANCE]
     assert 0.1 < as_painting[CONTENT_DISTANCE] < 3  # a relative figure, not a raw loss
-
-
-def test_an_aside_meter_is_built_and_measures_while_its_caller_goes_on(
-        weights, photo_and_painting, monkeypatch):
-    """A run traces its step while its meter is built and its start measured."""
-    photo, painting = photo_and_painting
-    caller_went_on = threading.Event()
-    built_after_the_caller_went_on = []
-    build = QualityMeter.__init__
-
-    def waiting_build(self, *args):
-        built_after_the_caller_went_on.append(caller_went_on.wait(timeout=10))
-        build(self, *args)
-
-    monkeypatch.setattr(QualityMeter, "__init__", waiting_build)
-    meter = AsideMeter(weights, photo, [painting], [1.0])
-    start = meter.later(painting[:48])
-    caller_went_on.set()  # the caller went on: it was not held by the build or the start
-    assert start.result() == QualityMeter(weights, photo, [painting], [1.0])(painting[:48])
-    assert built_after_the_caller_went_on == [True, True]
-    assert meter(photo)[CONTENT_DISTANCE] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_blend_weights_choose_the_target_style(weights, photo_and_painting):

@@ -117,18 +117,12 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
     first_step: list[float] = []
     start = job.output_image(job.init)
     log_image(start, PROGRESS_IMAGES, 0)
-    # Measured aside while the step traces (init=content: once a sweep); logged at step 1.
-    start_quality = [job.quality.later(start)]
-
-    def log_start_quality() -> None:
-        if start_quality:
-            active().log_metrics(start_quality.pop().result(), step=0)
+    active().log_metrics(job.quality(start), step=0)  # init=content: measured once a sweep
 
     def report(progress: Progress) -> str | None:
         if not first_step:
             first_step.append(time.perf_counter() - started)
         with stopping.deferred():  # a stop waits for the step's writes to the store
-            log_start_quality()
             if progress.image is not None:  # a checkpoint: its image as it would be output
                 image = job.output_image(progress.image)
                 progress = dataclasses.replace(
@@ -143,13 +137,11 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
     @stopping.deferred()
     def conclude(result: Result) -> Result:
         """The result as output (colours restored), measured, written and described."""
-        log_start_quality()  # stopped before its first step
         image = job.output_image(result.image)
-        measuring = job.quality.later(image)  # while the image and the loss curve are written
+        quality = job.quality(image)
         log_image(image, OUTPUT_IMAGES, 0)
         timings = _write_result(dataclasses.replace(result, image=image), output_dir, started,
                                 first_step)
-        quality = measuring.result()
         seconds = timings["time/total_s"]
         note = run_note(spec, image.shape[1::-1], result.steps, quality, seconds)
         active().log_batch(quality, step=result.steps,

@@ -29,7 +29,7 @@ from style_exp.engine.images import load_image, pixels_digest, resize
 from style_exp.engine.init import initial_image
 from style_exp.engine.masks import load_regions
 from style_exp.engine.objective import Problem, Workspace, build_network
-from style_exp.engine.quality import AsideMeter
+from style_exp.engine.quality import QualityMeter
 from style_exp.engine.stylize import rescaled
 from style_exp.engine.vgg import VGG19Features
 from style_exp.engine.videoio import Clip
@@ -58,7 +58,7 @@ class Job:
     network: VGG19Features
     precision: str  # what the convolutions compute in (``auto`` resolved)
     weights_sha256: str
-    quality: AsideMeter  # distances to the photo and the styles as loaded, for any image
+    quality: QualityMeter  # distances to the photo and the styles as loaded, for any image
     clip: Clip | None = None
     labels: tuple[Path, ...] = ()  # the label image of each frame (masks.content=DIR)
     # Per scale side: the optimiser's compiled step, kept for this process's next job.
@@ -118,7 +118,7 @@ def prepare(plan: Plan) -> Job:
                        lambda: build_network(weights, spec.loss, spec.model.pooling, precision))
     quality_key = (weights.sha256, pixels_digest(inputs.content, *inputs.styles), tuple(blend))
     quality = WARM.get("quality", quality_key,
-                       lambda: AsideMeter(weights, inputs.content, inputs.styles, blend))
+                       lambda: QualityMeter(weights, inputs.content, inputs.styles, blend))
     sides = tuple(scale.side for scale in spec.scales)
     workspaces = WARM.get("workspaces", (network_key, sides), dict)
     return Job(

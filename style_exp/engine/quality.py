@@ -28,9 +28,6 @@ styles' features pooled, each style's positions weighted b_s / n_s). It compares
 
 from __future__ import annotations
 
-import functools
-from concurrent.futures import Future, ThreadPoolExecutor
-
 import numpy as np
 import tensorflow as tf
 
@@ -129,34 +126,6 @@ class QualityMeter:
                        for layer in STYLE_LAYERS])
         return {CONTENT_DISTANCE: relative_distance(features[CONTENT_LAYER], self.content),
                 STYLE_DISTANCE: float(style), STYLE_SWD: float(swd)}
-
-
-class AsideMeter:
-    """A :class:`QualityMeter` built, and measuring, on a thread of its own.
-
-    A run reads its meter first after its first step (the start's distances, logged at
-    step 0), so building it (the styles' features and projections) and measuring the
-    start can run while the main thread traces and compiles the step, which is mostly
-    Python and leaves the other cores idle: about 1 s at 256 px on a new image, cold or
-    in a resident worker. One thread serves every meter of the process, so measurements
-    never run at once and a meter's cache is only ever touched by it.
-    """
-
-    def __init__(self, weights: VGGWeights, content: np.ndarray, styles: list[np.ndarray],
-                 blend: list[float]):
-        self._meter = _aside().submit(QualityMeter, weights, content, styles, blend)
-
-    def later(self, image: np.ndarray) -> Future[dict[str, float]]:
-        """The distances of ``image``, measured aside (after the meter is built)."""
-        return _aside().submit(lambda: self._meter.result()(image))
-
-    def __call__(self, image: np.ndarray) -> dict[str, float]:
-        return self.later(image).result()
-
-
-@functools.cache
-def _aside() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="quality")
 
 
 def _equal_weight_quantiles(ordered: np.ndarray, levels: np.ndarray) -> np.ndarray:
