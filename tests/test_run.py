@@ -93,6 +93,31 @@ def test_end_to_end_run_is_tracked(compose_config, tmp_path, inputs):
     assert result.metrics["loss/total"] == pytest.approx(history[-1].value, rel=1e-6)
 
 
+def test_the_first_step_does_not_wait_for_the_quality_meter(compose_config, tmp_path, inputs,
+                                                          monkeypatch):
+    """The meter is built, and the start measured, after the steps: its 0.7 s are not
+    before the first step (README, "Fixed cost"); the start's distances are still step 0's."""
+    from style_exp.app import job
+    from style_exp.engine import progress, quality
+
+    events = []
+    build, report = quality.QualityMeter._build, progress.Reporter.report
+    monkeypatch.setattr(job, "WARM", job.Warm())  # no meter kept from an earlier test
+    monkeypatch.setattr(quality.QualityMeter, "_build",
+                        lambda self, *args: events.append("meter") or build(self, *args))
+    monkeypatch.setattr(progress.Reporter, "report",
+                        lambda self, step, *args: events.append(step) or report(self, step, *args))
+    content, style = inputs
+    uri, run = _run(compose_config, tmp_path, [f"content={content}", f"style={style}",
+                                               "size=64", "iterations=3"])
+    run()
+    assert events == [1, 3, "meter"]
+    client, record = _only_run(uri)
+    quality_steps = [m.step for m in client.get_metric_history(record.info.run_id,
+                                                               "quality/content_distance")]
+    assert sorted(quality_steps) == [0, 3]
+
+
 def test_an_input_gone_after_the_checks_fails_the_run_with_the_reason(parse_config, tmp_path,
                                                                      inputs):
     """The preflight refuses a missing file before a run exists (test_cli); one removed
