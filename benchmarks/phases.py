@@ -6,8 +6,9 @@
     python -m benchmarks.phases --worker -- content=photo.jpg style=painting.jpg size=256
 
 Each repeat runs ``python run.py ARGS`` in a fresh process per project, interleaved
-(project A, B, A, B, ...) so both see the same load on a shared machine; each project
-keeps one MLflow store across its repeats (the first repeat creates it). The child is
+(project A, B, A, B, ...) so both see the same load on a shared machine; each column
+keeps one MLflow store across its repeats, created before them (a user's store exists:
+creating its tables takes a second that no repeat should carry). The child is
 this module with ``--child``: it wraps the functions named in :data:`PROBES` as their
 modules are imported (nothing is imported early, so import times stay as they are) and
 records when each call starts and ends; the parent adds the command's start and the
@@ -140,6 +141,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as kept:
         root = Path(scratch)
         for index, (project, mode) in enumerate(columns):
+            _create_store(root / f"store-{index}")
             if mode == "worker":  # one worker for all repeats, its first job not counted
                 kept.enter_context(_worker(Path(project), root / f"w{index}"))
                 _measure(Path(project), args.args, root / f"store-{index}",
@@ -174,6 +176,14 @@ def _env(project: Path, workers: Path | None) -> dict[str, str]:
     if workers is None:
         return {**env, WORKER_ENV: "0"}
     return {**env, DIR_ENV: str(workers)}
+
+
+def _create_store(store: Path) -> None:
+    """An empty MLflow store in ``store``, its tables created."""
+    from mlflow.tracking import MlflowClient  # here: a child must import it where the run does
+
+    store.mkdir()
+    MlflowClient(f"sqlite:///{store}/mlflow.db").search_experiments()
 
 
 def _measure(project: Path, run_args: list[str], store: Path, scratch: Path,
