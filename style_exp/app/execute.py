@@ -115,7 +115,8 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
     spec = job.spec
     bar = ProgressBar(sum(scale.iterations for scale in spec.scales), spec.progress)
     first_step: list[float] = []
-    log_image(job.output_image(job.init), PROGRESS_IMAGES, 0)
+    start = job.output_image(job.init)
+    log_image(start, PROGRESS_IMAGES, 0)
 
     def report(progress: Progress) -> str | None:
         if not first_step:
@@ -137,7 +138,7 @@ def _run_still(job: Job, output_dir: Path, logger: MetricsLogger, started: float
         """The result as output (colours restored), measured, written and described."""
         # The start's distances too, measured now so the first step does not wait for the
         # meter (init=content: once a sweep)
-        active().log_metrics(job.quality(job.output_image(job.init)), step=0)
+        active().log_metrics(job.quality(start), step=0)
         image = job.output_image(result.image)
         quality = job.quality(image)
         log_image(image, OUTPUT_IMAGES, 0)
